@@ -1,0 +1,83 @@
+"""Run the emulator standalone: ``python -m relay.emulator --port 9000``.
+
+Useful for pointing a relay in another process (or curl) at a fake Qwen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+
+from relay.emulator.config import EmulatorConfig
+from relay.emulator.server import start_emulator
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m relay.emulator",
+        description="Qwen Chat (qwen-v1) emulator with fault injection.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=9000,
+        help="port to bind, 0 = any (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=8,
+        help="stream events per answer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="gap between stream events (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--valid-token",
+        action="append",
+        default=None,
+        metavar="TOKEN",
+        help="accept only this Bearer token (repeatable; default: any non-empty token)",
+    )
+    parser.add_argument(
+        "--expired-token",
+        action="append",
+        default=None,
+        metavar="TOKEN",
+        help="answer this Bearer token 401 (repeatable; default: expired-token)",
+    )
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = EmulatorConfig(
+        expired_tokens=frozenset(args.expired_token or ["expired-token"]),
+        valid_tokens=frozenset(args.valid_token) if args.valid_token else None,
+        default_chunks=args.chunks,
+        default_delay_ms=args.delay_ms,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(signum, stop.set)
+    async with await start_emulator(config, host=args.host, port=args.port) as emulator:
+        print(emulator.url, flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(_parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
