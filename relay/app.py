@@ -1,0 +1,69 @@
+"""make_app(config): routes, middleware, and the resources paired by cleanup_ctx."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .config import EMULATOR_UPSTREAM, Config
+from .dialects import get_dialect
+from .handlers import chat, health, models
+from .keys import CONFIG, DIALECT, GATE, MODELS, UPSTREAM
+from .limits import ConcurrencyGate
+from .middleware import add_response_headers, preflight, relay_middleware
+from .models_cache import ModelsCache
+from .upstream import UpstreamClient
+
+__all__ = ["make_app"]
+
+_log = logging.getLogger("relay.error")
+
+#: extra pooled upstream connections beyond --max-concurrency, for model-list fetches.
+_POOL_HEADROOM = 32
+
+
+def make_app(config: Config, dialect: str = "qwen-v1") -> web.Application:
+    """Build the relay application; resources open on startup and close on cleanup."""
+    # +1 so that aiohttp never rejects first: our 413 check gives the OpenAI envelope.
+    app = web.Application(middlewares=[relay_middleware], client_max_size=config.limits.max_body_bytes + 1)
+    app[CONFIG] = config
+    app[DIALECT] = get_dialect(dialect)
+    app[GATE] = ConcurrencyGate(config.limits.max_concurrency)
+    app.cleanup_ctx.append(_upstream_context)
+    app.on_response_prepare.append(add_response_headers)
+    app.router.add_get("/healthz", health.healthz, allow_head=True)
+    app.router.add_get("/v1/models", models.list_models, allow_head=False)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    for path in ("/v1/models", "/v1/chat/completions"):
+        app.router.add_route("OPTIONS", path, preflight)
+    return app
+
+
+async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
+    """Open the upstream session (and the emulator, for the demo); close both."""
+    config = app[CONFIG]
+    emulator: Any = None
+    origin = config.upstream
+    if origin == EMULATOR_UPSTREAM:
+        from .emulator import start_emulator
+
+        emulator = await start_emulator()
+        origin = emulator.url
+        _log.info("emulator_started", extra={"fields": {"url": origin}})
+    connector = aiohttp.TCPConnector(limit=config.limits.max_concurrency + _POOL_HEADROOM,
+                                     limit_per_host=0, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+    client = UpstreamClient(session, origin, config)
+    app[UPSTREAM] = client
+    app[MODELS] = ModelsCache(models.fetcher(client, app[DIALECT]), config.models_ttl_s)
+    try:
+        yield
+    finally:
+        await app[MODELS].close()
+        await session.close()
+        if emulator is not None:
+            await emulator.close()

@@ -1,0 +1,151 @@
+"""Command line: each setting declared once as flag, env var, type and help.
+
+Precedence is flag > ``QWEN_RELAY_<NAME>`` env var > default (uvicorn's
+``auto_envvar_prefix``). The result is one frozen ``Config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import LOG_LEVELS, Config, Limits, Timeouts
+
+__all__ = ["ENV_PREFIX", "main", "parse_config"]
+
+ENV_PREFIX = "QWEN_RELAY_"
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    flag: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+_DEFAULTS = Config()
+_SETTINGS: tuple[_Setting, ...] = (
+    _Setting("--host", str, _DEFAULTS.host, "address to listen on"),
+    _Setting("--port", int, _DEFAULTS.port, "TCP port to listen on"),
+    _Setting(
+        "--upstream",
+        str,
+        _DEFAULTS.upstream,
+        "Qwen Chat origin (a path prefix is kept), or 'emulator' for the offline demo",
+    ),
+    _Setting("--max-concurrency", int, _DEFAULTS.limits.max_concurrency,
+             "chat completions in flight (streams until their last byte); over it 429"),
+    _Setting("--timeout", float, _DEFAULTS.timeouts.upstream_s,
+             "seconds: upstream connect + first byte, and the longest silent gap in a stream"),
+    _Setting("--retries", int, _DEFAULTS.retries,
+             "upstream attempts before the first byte reaches the client (1 = no retry)"),
+    _Setting("--models-ttl", float, _DEFAULTS.models_ttl_s, "seconds a token's model list is cached"),
+    _Setting("--max-line-bytes", int, _DEFAULTS.limits.max_line_bytes,
+             "longest upstream SSE line (or non-stream JSON body)"),
+    _Setting("--max-body-bytes", int, _DEFAULTS.limits.max_body_bytes,
+             "largest client request body; over it 413"),
+    _Setting("--compress-min-bytes", int, _DEFAULTS.compress_min_bytes,
+             "smallest JSON body worth compressing with br/gzip"),
+    _Setting("--cors-origins", _origins, ",".join(_DEFAULTS.cors_origins),
+             "comma-separated allowed browser origins, or '*'"),
+    _Setting("--log-level", _log_level, _DEFAULTS.log_level, "debug, info, warning, error"),
+)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwen-relay",
+        description="OpenAI-compatible relay for the Qwen Chat web service.",
+        epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, "
+        f"e.g. {ENV_PREFIX}MAX_CONCURRENCY=200; the flag wins.",
+    )
+    for setting in _SETTINGS:
+        shown = setting.default if not isinstance(setting.default, tuple) else ",".join(setting.default)
+        parser.add_argument(
+            setting.flag,
+            dest=setting.dest,
+            default=None,
+            metavar=setting.dest.upper(),
+            help=f"{setting.help} (env {setting.env}; default {shown})",
+        )
+    return parser
+
+
+def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace,
+             environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in _SETTINGS:
+        raw = getattr(args, setting.dest)
+        source = setting.flag
+        if raw is None and setting.env in environ:
+            raw, source = environ[setting.env], setting.env
+        if raw is None:
+            value = setting.default
+            if isinstance(value, str) and setting.parse is not str:
+                value = setting.parse(value)
+        else:
+            try:
+                value = setting.parse(raw)
+            except ValueError as exc:
+                parser.error(f"{source}: invalid value {raw!r} ({exc})")
+        values[setting.dest] = value
+    return values
+
+
+def parse_config(argv: Sequence[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> Config:
+    """Build the Config from flags, then env vars, then defaults; exit 2 on bad input."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    v = _resolve(parser, args, os.environ if environ is None else environ)
+    try:
+        return Config(
+            host=v["host"],
+            port=v["port"],
+            upstream=v["upstream"].rstrip("/"),
+            retries=v["retries"],
+            models_ttl_s=v["models_ttl"],
+            compress_min_bytes=v["compress_min_bytes"],
+            cors_origins=v["cors_origins"],
+            log_level=v["log_level"],
+            timeouts=Timeouts(upstream_s=v["timeout"]),
+            limits=Limits(
+                max_concurrency=v["max_concurrency"],
+                max_body_bytes=v["max_body_bytes"],
+                max_line_bytes=v["max_line_bytes"],
+            ),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``qwen-relay`` and ``python -m relay``."""
+    from .server import run  # imported here so ``--help`` stays fast
+
+    config = parse_config(sys.argv[1:] if argv is None else argv)
+    sys.exit(run(config))

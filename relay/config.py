@@ -1,0 +1,86 @@
+"""Config: one frozen dataclass, built once by ``cli`` and passed explicitly.
+
+Nothing reads the environment or the config at import time; ``make_app``
+stores the Config under an AppKey. Each default carries its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["EMULATOR_UPSTREAM", "LOG_LEVELS", "Config", "Limits", "Timeouts"]
+
+#: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
+EMULATOR_UPSTREAM = "emulator"
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Upstream time limits; none of them caps a whole stream."""
+
+    #: connect + first upstream byte, and the longest silent gap inside a stream.
+    #: 30 s is the original Worker's figure, which users already tuned clients to.
+    upstream_s: float = 30.0
+    #: first retry waits about this long, doubling each attempt (with full jitter).
+    backoff_base_s: float = 0.25
+    #: no single backoff wait (nor an honoured Retry-After) exceeds this.
+    backoff_max_s: float = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Sizes and counts that keep one request from hurting the others."""
+
+    #: in-flight chat completions, streams included until their last byte.
+    max_concurrency: int = 100
+    #: a client request body over this gets 413 (10 MiB fits a base64 image).
+    max_body_bytes: int = 10 * 1024 * 1024
+    #: the longest upstream SSE line (or non-stream JSON body) we buffer.
+    max_line_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Qwen Chat's origin; a path prefix on it is kept. ``emulator`` = in-process demo.
+    upstream: str = "https://chat.qwenlm.ai"
+    #: attempts per upstream request (1 = no retry), only before the first byte.
+    retries: int = 3
+    models_ttl_s: float = 3600.0
+    #: below this a JSON body is sent as is: compression would not pay for itself.
+    compress_min_bytes: int = 512
+    #: ``("*",)`` allows every origin: the API authenticates by header, never cookie.
+    cors_origins: tuple[str, ...] = ("*",)
+    log_level: str = "info"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "--port must be between 0 and 65535")
+        _require(bool(self.upstream.strip()), "--upstream must not be empty")
+        if self.upstream != EMULATOR_UPSTREAM:
+            _require(
+                self.upstream.startswith(("http://", "https://")),
+                "--upstream must be an http(s):// origin or 'emulator'",
+            )
+        _require(self.retries >= 1, "--retries counts attempts and must be at least 1")
+        _require(self.models_ttl_s >= 0, "--models-ttl must not be negative")
+        _require(self.compress_min_bytes >= 0, "--compress-min-bytes must not be negative")
+        _require(self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        _require(self.timeouts.upstream_s > 0, "--timeout must be positive")
+        _require(self.limits.max_concurrency >= 1, "--max-concurrency must be at least 1")
+        _require(self.limits.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024")
+        _require(self.limits.max_line_bytes >= 1024, "--max-line-bytes must be at least 1024")
+        _require(bool(self.cors_origins), "--cors-origins must name at least one origin or '*'")
+
+    @property
+    def cors_allows_any(self) -> bool:
+        return "*" in self.cors_origins
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

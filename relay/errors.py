@@ -1,0 +1,174 @@
+"""The relay's one exception tree, each class knowing its OpenAI wire form.
+
+Errors are raised anywhere and rendered in exactly two places: the middleware
+(before response headers: a JSON envelope with the right HTTP status) and
+``pipeline.encode`` (after: an SSE ``data: {"error": ...}`` event then
+``data: [DONE]``). Like h11's ``ProtocolError.error_status_hint``, the status
+travels with the exception, so no handler maps exceptions by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthenticationFailed",
+    "BodyTooLarge",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "NotFound",
+    "OriginNotAllowed",
+    "Overloaded",
+    "RelayError",
+    "StreamLimitExceeded",
+    "UpstreamChallenge",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamRateLimited",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class RelayError(Exception):
+    """Base of every error the relay reports to a client."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.instance_code = code
+        self.retry_after_s = retry_after_s
+
+    @property
+    def http_status(self) -> int:
+        return self.status
+
+    def envelope(self) -> dict[str, Any]:
+        """Return the OpenAI error envelope ``{"error": {...}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.instance_code or self.code,
+            }
+        }
+
+
+class InvalidRequest(RelayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class ModelNotFound(InvalidRequest):
+    status = 404
+    code = "model_not_found"
+
+
+class NotFound(InvalidRequest):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    code = "method_not_allowed"
+
+
+class OriginNotAllowed(InvalidRequest):
+    status = 403
+    type = "permission_error"
+    code = "origin_not_allowed"
+
+
+class AuthenticationFailed(RelayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Overloaded(RelayError):
+    """The relay itself is full: every concurrency slot is taken."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "relay_overloaded"
+
+
+class UpstreamRateLimited(RelayError):
+    """Qwen Chat said 429; its Retry-After travels on to the client."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamRejected(RelayError):
+    """Qwen Chat refused the request with a 4xx we pass on with its own status."""
+
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self._status = status
+
+    @property
+    def http_status(self) -> int:
+        return self._status
+
+
+class UpstreamError(RelayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError, ConnectionError):
+    """Connection refused, DNS failure, reset, or 5xx after every retry."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """The upstream was silent for longer than ``--timeout``."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something that is not its protocol."""
+
+    code = "upstream_protocol_error"
+
+
+class UpstreamChallenge(UpstreamProtocolError):
+    """An anti-bot (WAF) HTML page instead of JSON or SSE (§2.5, §4.5)."""
+
+    code = "upstream_challenge"
+
+
+class StreamLimitExceeded(UpstreamProtocolError):
+    """An upstream SSE line longer than ``--max-line-bytes``."""
+
+    code = "upstream_line_too_long"

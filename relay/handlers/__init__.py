@@ -1,0 +1,3 @@
+"""HTTP handlers: thin; parse, call, respond."""
+
+__all__: list[str] = []

@@ -1,0 +1,118 @@
+"""POST /v1/chat/completions, streaming and not."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+from aiohttp import web
+
+from ..dialects import Completion, Dialect
+from ..errors import UpstreamProtocolError
+from ..keys import CONFIG, DIALECT, GATE, UPSTREAM
+from ..middleware import INFO, RequestInfo
+from ..openai_wire import (
+    ChatRequest,
+    completion_object,
+    estimate_usage,
+    new_completion_id,
+    now,
+    parse_chat_request,
+    parse_json_body,
+)
+from ..pipeline import SseEncoder, StreamStats, aggregate, closing_source, encode_sse, upstream_payloads
+from ..upstream import UpstreamResponse
+from .common import bearer_token, json_response, read_body
+from .models import check_model
+
+__all__ = ["chat_completions"]
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer this response
+}
+_EMPTY_ANSWER = "The upstream returned an empty answer (no text)."
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    info = request[INFO]
+    token = bearer_token(request)
+    chat = parse_chat_request(parse_json_body(await read_body(request)))
+    info.model, info.stream = chat.model, chat.stream
+    await check_model(request, token, chat.model)
+    app = request.app
+    dialect = app[DIALECT]
+    async with (
+        app[GATE].slot(),
+        app[UPSTREAM].open("POST", dialect.chat_path, token=token,
+                           json_body=dialect.chat_body(chat), stream=chat.stream) as upstream,
+    ):
+        info.upstream_attempts = upstream.attempts
+        if chat.stream:
+            return await _relay_stream(request, info, upstream, dialect, chat)
+        completion = await _read_completion(request, upstream, dialect)
+    if not completion.content and completion.finish_reason != "length":
+        raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
+    usage = completion.usage or estimate_usage(chat.messages, len(completion.content))
+    body = completion_object(
+        completion_id=new_completion_id(), created=now(), model=chat.model,
+        content=completion.content, reasoning=completion.reasoning,
+        finish_reason=completion.finish_reason, usage=usage, message_extra=completion.message_extra,
+    )
+    response = await json_response(request, _dumps(body))
+    info.bytes_out = response.content_length or 0
+    return response
+
+
+async def _read_completion(request: web.Request, upstream: UpstreamResponse, dialect: Dialect) -> Completion:
+    max_bytes = request.app[CONFIG].limits.max_line_bytes
+    if upstream.content_type != "text/event-stream":
+        return dialect.completion(await upstream.read_json(max_bytes))
+    # The upstream streamed although we asked for one body: aggregate the stream.
+    stats = StreamStats()
+    frames = dialect.stream_frames(upstream_payloads(upstream.iter_bytes(), max_bytes, stats), stats)
+    content, reasoning, finish, usage = await aggregate(frames)
+    return Completion(content, reasoning, finish or "stop", usage)
+
+
+async def _relay_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
+                        dialect: Dialect, chat: ChatRequest) -> web.StreamResponse:
+    """Peek the first frame (errors so far still get a JSON status), then stream."""
+    config = request.app[CONFIG]
+    stats = StreamStats()
+    if upstream.content_type == "application/json":
+        # An upstream error body with a 2xx status, where a stream was expected.
+        dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
+        raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
+    payloads = upstream_payloads(upstream.iter_bytes(), config.limits.max_line_bytes, stats)
+    frames = dialect.stream_frames(payloads, stats)
+    async with closing_source(frames):
+        first = await anext(frames, None)
+        if first is None:
+            raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        encoder = SseEncoder(completion_id=new_completion_id(), created=now(), model=chat.model,
+                             include_usage=chat.include_usage, stats=stats)
+        chunks = encode_sse(frames, encoder, partial(estimate_usage, chat.messages), first)
+        async with closing_source(chunks):
+            try:
+                async for data in chunks:
+                    await response.write(data)
+                    stats.bytes_out += len(data)
+                await response.write_eof()
+            except (ConnectionResetError, asyncio.CancelledError) as exc:
+                info.client_gone = True
+                info.bytes_out = stats.bytes_out
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return response
+    info.bytes_out = stats.bytes_out
+    return response
+
+
+def _dumps(payload: object) -> bytes:
+    import json
+
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")

@@ -1,0 +1,72 @@
+"""What every handler needs: the caller's token, the body, a JSON response."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..compression import compress_async, negotiate_encoding
+from ..errors import AuthenticationFailed, BodyTooLarge
+from ..keys import CONFIG
+
+__all__ = ["bearer_token", "json_response", "read_body"]
+
+_TOKEN_MAX_CHARS = 8192
+
+
+def bearer_token(request: web.Request) -> str:
+    """The Qwen token from ``Authorization: Bearer``, or ``api-key`` as a fallback.
+
+    Immersive Translate sends both headers; Azure-style clients send only
+    ``api-key``. A token must be printable ASCII: it goes into an upstream header.
+    """
+    header = request.headers.get("Authorization")
+    token = ""
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthenticationFailed("The Authorization header must be 'Bearer <your Qwen Chat token>'.")
+        token = value.strip()
+    else:
+        token = (request.headers.get("api-key") or request.headers.get("x-api-key") or "").strip()
+    if not token:
+        raise AuthenticationFailed(
+            "Missing token: send your Qwen Chat token as 'Authorization: Bearer <token>'.")
+    if len(token) > _TOKEN_MAX_CHARS or not token.isascii() or not token.isprintable() or " " in token:
+        raise AuthenticationFailed("The bearer token is malformed.")
+    return token
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, refusing early (413) when it cannot fit the limit."""
+    limit = request.app[CONFIG].limits.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} (--max-body-bytes).")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes (--max-body-bytes).") from exc
+    if len(body) > limit:
+        raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes (--max-body-bytes).")
+    return body
+
+
+async def json_response(request: web.Request, body: bytes, *, status: int = 200,
+                        cache: dict[str, bytes] | None = None) -> web.Response:
+    """A JSON response, br/gzip-compressed when it pays and the client accepts it.
+
+    ``cache`` keeps compressed variants of a body that is served many times
+    (the model list), so it is compressed once per coding.
+    """
+    headers = {"Vary": "Accept-Encoding"}
+    if len(body) >= request.app[CONFIG].compress_min_bytes:
+        coding = negotiate_encoding(request.headers.get("Accept-Encoding"))
+        if coding is not None:
+            encoded = cache.get(coding) if cache is not None else None
+            if encoded is None:
+                encoded = await compress_async(body, coding)
+                if cache is not None:
+                    cache[coding] = encoded
+            body = encoded
+            headers["Content-Encoding"] = coding
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)

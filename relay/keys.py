@@ -1,0 +1,19 @@
+"""AppKeys: the typed slots where make_app keeps the relay's shared objects."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Config
+from .dialects import Dialect
+from .limits import ConcurrencyGate
+from .models_cache import ModelsCache
+from .upstream import UpstreamClient
+
+__all__ = ["CONFIG", "DIALECT", "GATE", "MODELS", "UPSTREAM"]
+
+CONFIG = web.AppKey("config", Config)
+DIALECT = web.AppKey("dialect", Dialect)
+GATE = web.AppKey("gate", ConcurrencyGate)
+UPSTREAM = web.AppKey("upstream", UpstreamClient)
+MODELS = web.AppKey("models", ModelsCache)

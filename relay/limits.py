@@ -1,0 +1,51 @@
+"""The concurrency gate: in-flight chat completions, held until the last byte.
+
+The original Worker released its count when the response headers went out, so a
+relay full of long streams still accepted more. Here the slot is taken before
+the upstream request and given back in ``finally`` after the stream's last
+write, whatever ends it (done, error, client gone, cancelled). When every slot
+is taken the caller gets 429 with ``Retry-After`` instead of waiting without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from .errors import Overloaded
+
+__all__ = ["RETRY_AFTER_FULL_S", "ConcurrencyGate"]
+
+#: a relay-side 429 clears as soon as one stream ends; 1 s keeps SDK backoff short.
+RETRY_AFTER_FULL_S = 1
+
+
+class ConcurrencyGate:
+    """An ``asyncio.Semaphore`` that refuses instead of queueing when full."""
+
+    __slots__ = ("_semaphore", "capacity", "rejected")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._semaphore = asyncio.Semaphore(capacity)
+        self.rejected = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.capacity - self._semaphore._value
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._semaphore.locked():
+            self.rejected += 1
+            raise Overloaded(
+                f"The relay is at its limit of {self.capacity} concurrent requests "
+                "(--max-concurrency); retry shortly.",
+                retry_after_s=RETRY_AFTER_FULL_S,
+            )
+        await self._semaphore.acquire()
+        try:
+            yield
+        finally:
+            self._semaphore.release()

@@ -1,0 +1,64 @@
+"""Structured logging: one JSON object per line, tokens never written.
+
+Loggers: ``relay.access`` (one line per request), ``relay.upstream`` (retries,
+divergences, garbage) and ``relay.error`` (faults), split as uvicorn splits
+access from error logs. Values travel in ``extra={"fields": {...}}`` and event
+names are stable snake_case strings. The request id lives in a ContextVar, so
+every line of a request carries it. ``redact`` is the last line of defence:
+whatever a bug puts into a message, a bearer token or JWT never reaches the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from contextvars import ContextVar
+from typing import Any
+
+__all__ = ["JsonFormatter", "redact", "request_id_var", "setup_logging"]
+
+request_id_var: ContextVar[str | None] = ContextVar("relay_request_id", default=None)
+
+_SECRETS = re.compile(
+    r"(?i)(bearer\s+|token[\"']?\s*[:=]\s*[\"']?|api[-_]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+"
+)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+
+
+def redact(text: str) -> str:
+    """Mask bearer tokens, ``token=``/``api_key=`` values and JWTs."""
+    return _JWT.sub("***", _SECRETS.sub(r"\1***", text))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+def setup_logging(level: str) -> None:
+    """Send every ``relay`` and ``aiohttp`` logger's lines to stderr as JSON."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -1,0 +1,174 @@
+"""Request id, CORS, the access log, and errors rendered as OpenAI envelopes.
+
+Errors raised before a response is prepared are rendered here, and only here,
+as JSON with the right status (after the headers went out, ``pipeline.encode``
+renders them as an SSE error event). Unknown exceptions become a generic 500:
+the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    OriginNotAllowed,
+    RelayError,
+)
+from .keys import CONFIG
+from .logs import request_id_var
+
+__all__ = ["INFO", "RequestInfo", "add_response_headers", "error_response", "preflight", "relay_middleware"]
+
+_access = logging.getLogger("relay.access")
+_error = logging.getLogger("relay.error")
+
+_ALLOW_METHODS = "GET, POST, OPTIONS"
+_DEFAULT_ALLOW_HEADERS = "authorization, content-type, api-key, x-api-key"
+_EXPOSE_HEADERS = "Retry-After, X-Request-Id"
+_PREFLIGHT_MAX_AGE_S = "86400"
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What a handler learns about a request, for its access-log line."""
+
+    request_id: str
+    model: str | None = None
+    stream: bool = False
+    bytes_out: int = 0
+    upstream_attempts: int = 0
+    error_code: str | None = None
+    client_gone: bool = False
+
+
+INFO = web.RequestKey("relay_info", RequestInfo)
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    if 0 < len(given) <= 64 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
+        return given
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def relay_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    info = RequestInfo(_request_id(request))
+    request[INFO] = info
+    token = request_id_var.set(info.request_id)
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except RelayError as exc:
+            response = error_response(exc)
+        except web.HTTPException as exc:
+            response = error_response(_from_http(exc))
+        except asyncio.CancelledError:
+            info.client_gone = True
+            status = 499  # nginx's "client closed request"
+            raise
+        except Exception:  # noqa: BLE001 (the one place that must catch everything)
+            _error.exception("unhandled_error", extra={"fields": {"path": request.path}})
+            response = error_response(RelayError("The relay failed while handling this request."))
+        if info.error_code is None and response.status >= 400 and isinstance(response, web.Response):
+            info.error_code = _code_of(response)
+        status = 499 if info.client_gone else response.status
+        return response
+    finally:
+        if _access.isEnabledFor(logging.INFO):
+            _access.info("request", extra={"fields": {
+                "method": request.method, "path": request.path, "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "bytes_out": info.bytes_out, "model": info.model, "stream": info.stream,
+                "upstream_attempts": info.upstream_attempts, "error_code": info.error_code,
+            }})
+        request_id_var.reset(token)
+
+
+def error_response(exc: RelayError) -> web.Response:
+    body = json.dumps(exc.envelope(), ensure_ascii=False).encode()
+    response = web.Response(status=exc.http_status, body=body, content_type="application/json")
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    return response
+
+
+def _code_of(response: web.Response) -> str | None:
+    try:
+        code = json.loads(response.body or b"{}")["error"]["code"]  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
+def _from_http(exc: web.HTTPException) -> RelayError:
+    if exc.status == 404:
+        return NotFound("Unknown path. The API lives under /v1: /v1/models and /v1/chat/completions.")
+    if exc.status == 405:
+        return MethodNotAllowed(f"Method not allowed here; allowed: {exc.headers.get('Allow', '')}.")
+    if exc.status == 413:
+        return BodyTooLarge("The request body is too large (--max-body-bytes).")
+    return InvalidRequest(exc.reason)
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    config = request.app[CONFIG]
+    if config.cors_allows_any:
+        return "*"
+    return origin if origin in config.cors_origins else None
+
+
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: request id and CORS on every response, streams included."""
+    info = request.get(INFO)
+    if info is not None:
+        response.headers["X-Request-Id"] = info.request_id
+    if request.path.startswith("/v1/") and "Origin" in request.headers:
+        allowed = _allowed_origin(request)
+        if allowed is not None:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            response.headers["Access-Control-Expose-Headers"] = _EXPOSE_HEADERS
+        vary = response.headers.get("Vary")
+        if vary is None:
+            response.headers["Vary"] = "Origin"
+        elif "origin" not in vary.lower():
+            response.headers["Vary"] = vary + ", Origin"
+
+
+async def preflight(request: web.Request) -> web.StreamResponse:
+    """Answer a CORS preflight without authentication.
+
+    Browser extensions (Immersive Translate sends ``api-key``) and browser apps
+    using the openai JS SDK (``x-stainless-*``) ask for headers a fixed list
+    would miss, so the requested headers are echoed back.
+    """
+    if request.headers.get("Origin") is not None and _allowed_origin(request) is None:
+        return error_response(OriginNotAllowed("This origin is not allowed (--cors-origins)."))
+    requested = request.headers.get("Access-Control-Request-Headers", "").strip()
+    headers = {
+        "Access-Control-Allow-Methods": _ALLOW_METHODS,
+        "Access-Control-Allow-Headers": requested or _DEFAULT_ALLOW_HEADERS,
+        "Access-Control-Max-Age": _PREFLIGHT_MAX_AGE_S,
+        "Allow": _ALLOW_METHODS,
+        "Vary": "Origin, Access-Control-Request-Headers",
+    }
+    if request.headers.get("Access-Control-Request-Private-Network") == "true":
+        headers["Access-Control-Allow-Private-Network"] = "true"
+    return web.Response(status=204, headers=headers)

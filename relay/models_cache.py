@@ -1,0 +1,82 @@
+"""The per-token model list cache: TTL, single-flight, keyed by a hash.
+
+Each token gets its own entry because the upstream decides per account which
+models it offers, and one token's list must never be served to a caller whose
+token the upstream has not accepted. Keys are SHA-256 digests, so the cache
+never holds a token. Concurrent misses for one key share one upstream call,
+run as its own task so that a client leaving does not cancel it for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .openai_wire import model_list
+
+__all__ = ["CachedModels", "ModelsCache"]
+
+#: distinct tokens remembered at once; the oldest entry goes first beyond it.
+MAX_ENTRIES = 10_000
+
+
+@dataclass(slots=True)
+class CachedModels:
+    ids: frozenset[str]
+    body: bytes
+    expires_at: float
+    #: compressed variants of ``body`` by content coding, filled on first use.
+    encoded: dict[str, bytes] = field(default_factory=dict)
+
+
+Fetch = Callable[[str], Awaitable[list[dict[str, Any]]]]
+
+
+class ModelsCache:
+    def __init__(self, fetch: Fetch, ttl_s: float, max_entries: int = MAX_ENTRIES) -> None:
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: dict[bytes, CachedModels] = {}
+        self._inflight: dict[bytes, asyncio.Task[CachedModels]] = {}
+        self.upstream_calls = 0
+
+    async def get(self, token: str) -> CachedModels:
+        """The token's models, from the cache or one shared upstream call."""
+        key = hashlib.sha256(token.encode()).digest()
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires_at > time.monotonic():
+            return entry
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(key, token))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, key: bytes, token: str) -> CachedModels:
+        self.upstream_calls += 1
+        models = await self._fetch(token)
+        created = int(time.time())
+        listing = model_list(models, created)
+        entry = CachedModels(
+            ids=frozenset(item["id"] for item in listing["data"]),
+            body=json.dumps(listing, ensure_ascii=False, separators=(",", ":")).encode(),
+            expires_at=time.monotonic() + self._ttl_s,
+        )
+        if self._ttl_s > 0:
+            self._entries.pop(key, None)
+            self._entries[key] = entry
+            while len(self._entries) > self._max_entries:
+                del self._entries[next(iter(self._entries))]
+        return entry
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        self._entries.clear()

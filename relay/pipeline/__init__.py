@@ -1,0 +1,53 @@
+"""The streaming pipeline: composable async-generator stages, one job each.
+
+    upstream bytes ─ parse_events ─ decode_json ─ dialect.stream_frames ─ encode_sse ─ client
+                     (lines, SSE,   (JSON, stop   (normalise; qwen-v1:    (OpenAI chunks,
+                      line limit)    at [DONE])    deaccumulate)           error event, [DONE])
+
+Timeouts are enforced where the bytes are read (``upstream.client``); the
+stages hold no sockets. Every stage closes its source however it ends, so
+closing the last one closes the chain.
+
+Cancellation and shutdown flow::
+
+    client disconnects ──▶ aiohttp cancels the handler task (handler_cancellation=True)
+        └─ CancelledError at `await response.write` or at the upstream read
+            ├─ aclosing(stream) closes encode_sse ─▶ frames ─▶ payloads ─▶ bytes
+            ├─ UpstreamClient.open exits: response.close() (not release: half-read)
+            │     └─ the upstream sees its connection close and stops generating
+            └─ ConcurrencyGate.slot() finally: the slot is free again
+
+    upstream fault after headers (stall, reset, long line, in-stream error)
+        └─ RelayError raised in a stage ─▶ encode_sse yields error event + [DONE]
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+from ._util import closing_source
+from .aggregate import aggregate
+from .deaccumulate import deaccumulate
+from .encode import SseEncoder, encode_sse
+from .frames import Frame, StreamStats
+from .parse import decode_json, parse_events
+
+__all__ = [
+    "Frame",
+    "SseEncoder",
+    "StreamStats",
+    "aggregate",
+    "closing_source",
+    "deaccumulate",
+    "decode_json",
+    "encode_sse",
+    "parse_events",
+    "upstream_payloads",
+]
+
+
+def upstream_payloads(body: AsyncIterable[bytes], max_line_bytes: int,
+                      stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
+    """The dialect-independent front of the chain: bytes → JSON payloads."""
+    return decode_json(parse_events(body, max_line_bytes, stats), stats)

@@ -1,0 +1,128 @@
+"""Last stage: frames → OpenAI ``chat.completion.chunk`` SSE bytes.
+
+Wire contract (what the openai SDKs, Roo Code and Cline parse): the first chunk
+carries ``delta: {"role": "assistant", "content": ""}``; every text delta has a
+``content`` key; exactly one chunk carries ``finish_reason``; with
+``stream_options.include_usage`` a chunk with ``choices: []`` (a list, never
+null) carries ``usage``; then exactly one ``data: [DONE]``. An error after the
+headers went out becomes ``data: {"error": {...}}`` followed by ``[DONE]``.
+
+Chunks are built from a per-stream template: only the text is JSON-encoded per
+event, the fixed fields once per stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any
+
+from ..errors import RelayError, UpstreamProtocolError
+from ..sse import DONE_EVENT
+from ._util import closing_source
+from .frames import Frame, StreamStats
+
+__all__ = ["SseEncoder", "encode_sse"]
+
+_log = logging.getLogger("relay.error")
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class SseEncoder:
+    """Serialise frames of one stream into chunk events."""
+
+    __slots__ = ("_finished", "_head", "_include_usage", "stats")
+
+    def __init__(self, *, completion_id: str, created: int, model: str,
+                 include_usage: bool, stats: StreamStats) -> None:
+        self._head = (
+            f'data: {{"id":{_dumps(completion_id)},"object":"chat.completion.chunk",'
+            f'"created":{created},"model":{_dumps(model)},"choices":'
+        )
+        self._include_usage = include_usage
+        self._finished = False
+        self.stats = stats
+
+    def _chunk(self, delta: str, finish_reason: str | None = None) -> str:
+        finish = "null" if finish_reason is None else _dumps(finish_reason)
+        return f'{self._head}[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'
+
+    def start(self) -> bytes:
+        """The role chunk every OpenAI stream opens with."""
+        return self._chunk('{"role":"assistant","content":""}').encode()
+
+    def frame(self, frame: Frame) -> bytes:
+        """Encode one frame's text; metadata is kept for ``finish``."""
+        if frame.extra is None:
+            if frame.reasoning:
+                delta = f'{{"content":"","reasoning_content":{_dumps(frame.reasoning)}}}'
+                if frame.content:
+                    delta = f'{{"content":{_dumps(frame.content)},"reasoning_content":{_dumps(frame.reasoning)}}}'
+            elif frame.content:
+                delta = f'{{"content":{_dumps(frame.content)}}}'
+            else:
+                return b""
+        else:
+            fields: dict[str, Any] = dict(frame.extra)
+            fields["content"] = frame.content
+            if frame.reasoning:
+                fields["reasoning_content"] = frame.reasoning
+            delta = _dumps(fields)
+        self.stats.content_chars += len(frame.content)
+        self.stats.reasoning_chars += len(frame.reasoning)
+        return self._chunk(delta).encode("utf-8", "replace")
+
+    def finish(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
+        """The closing chunk, the usage chunk when asked for, and ``[DONE]``."""
+        self._finished = True
+        out = self._chunk("{}", finish_reason)
+        if self._include_usage:
+            out += f'{self._head}[],"usage":{_dumps(usage)}}}\n\n'
+        return out.encode() + DONE_EVENT
+
+    def error(self, exc: RelayError) -> bytes:
+        """An in-stream error event, then ``[DONE]``."""
+        self._finished = True
+        return b"data: " + _dumps(exc.envelope()).encode() + b"\n\n" + DONE_EVENT
+
+
+async def encode_sse(
+    frames: AsyncIterable[Frame],
+    encoder: SseEncoder,
+    usage_estimate: Callable[[int], dict[str, Any]],
+    first: Frame | None = None,
+) -> AsyncIterator[bytes]:
+    """Encode frames as OpenAI chunks; always end with exactly one ``[DONE]``.
+
+    ``RelayError`` from any earlier stage (a stall, a reset, an oversized line,
+    an in-stream upstream error) becomes an error event, never a truncated stream.
+    ``first`` is a frame the handler already read to decide the HTTP status
+    before any byte went out.
+    """
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    stats = encoder.stats
+    async with closing_source(frames):
+        head = encoder.start()
+        if first is not None:
+            finish_reason, usage = first.finish_reason, first.usage
+            head += encoder.frame(first)
+        yield head
+        try:
+            async for frame in frames:
+                if frame.finish_reason is not None:
+                    finish_reason = frame.finish_reason
+                if frame.usage is not None:
+                    usage = frame.usage
+                data = encoder.frame(frame)
+                if data:
+                    yield data
+            if not stats.content_chars and not stats.reasoning_chars and finish_reason != "length":
+                raise UpstreamProtocolError("The upstream ended the stream without any answer text.",
+                                            code="upstream_empty_answer")
+        except RelayError as exc:
+            _log.warning("stream_error", extra={"fields": {"error_code": exc.envelope()["error"]["code"]}})
+            yield encoder.error(exc)
+            return
+        yield encoder.finish(finish_reason or "stop", usage or usage_estimate(stats.content_chars))

@@ -1,0 +1,61 @@
+"""Stages 1–2: upstream bytes → SSE events → JSON payloads.
+
+Garbage never crashes the stream: a ``data:`` that is not JSON, or JSON that
+is not an object, is counted and skipped (§6 item 7 of the protocol notes),
+and the rest of the answer still flows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+from ..errors import StreamLimitExceeded
+from ..sse import LineTooLong, SseDecoder, SseEvent
+from ._util import closing_source
+from .frames import StreamStats
+
+__all__ = ["decode_json", "parse_events"]
+
+_log = logging.getLogger("relay.upstream")
+_DONE = "[DONE]"
+
+
+async def parse_events(chunks: AsyncIterable[bytes], max_line_bytes: int,
+                       stats: StreamStats) -> AsyncIterator[SseEvent]:
+    """Split upstream bytes into SSE events, enforcing the line-length limit."""
+    decoder = SseDecoder(max_line_bytes)
+    async with closing_source(chunks):
+        try:
+            async for chunk in chunks:
+                for event in decoder.feed(chunk):
+                    yield event
+            for event in decoder.close():
+                yield event
+        except LineTooLong as exc:
+            raise StreamLimitExceeded(
+                f"the upstream sent an SSE line longer than {exc.limit} bytes (--max-line-bytes)"
+            ) from exc
+        finally:
+            stats.comments = decoder.comments
+
+
+async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
+    """Decode each event's data as a JSON object; stop at ``[DONE]``."""
+    async with closing_source(events):
+        async for event in events:
+            data = event.data
+            if data.strip() == _DONE:
+                return
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                stats.garbage += 1
+                _log.debug("upstream_garbage_skipped", extra={"fields": {"bytes": len(data)}})
+                continue
+            stats.events += 1
+            yield payload

@@ -1,0 +1,251 @@
+"""The upstream HTTP client: one shared session, retries, exception mapping.
+
+This is the one boundary where aiohttp's client exceptions and timeouts become
+``Upstream*`` errors (encode/httpcore's ``map_exceptions``), always chained
+with ``raise ... from``. Above it, nothing imports ``aiohttp.client``.
+
+Timeouts: ``--timeout`` bounds connect + response headers as one budget, and
+then each silent gap while reading the body (aiohttp's ``sock_read``). aiohttp
+drops that timer while reading is paused for backpressure, so a slow client
+never makes the upstream look silent, and it costs no timer or task of ours per
+chunk. Nothing caps a whole stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from ..config import Config
+from ..dialects.common import describe_error
+from ..errors import (
+    AuthenticationFailed,
+    RelayError,
+    StreamLimitExceeded,
+    UpstreamChallenge,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .retry import backoff_s, parse_retry_after
+
+__all__ = ["BROWSER_HEADERS", "UpstreamClient", "UpstreamResponse"]
+
+_log = logging.getLogger("relay.upstream")
+
+#: What working relays send (§1); the original sent only Authorization + Content-Type.
+BROWSER_HEADERS = {
+    "User-Agent": ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+                   "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
+    "Accept-Language": "en-US,en;q=0.9",
+}
+_ERROR_BODY_BYTES = 64 * 1024
+_CHALLENGE_MARKERS = (b"aliyun_waf", b"FAIL_SYS_USER_VALIDATE", b"RGV587_ERROR", b"punish", b"x5sec", b"baxia")
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another attempt may fix."""
+
+    def __init__(self, error: RelayError, retry_after_s: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamResponse:
+    """A successful (2xx, not HTML) upstream response, owned by ``open``."""
+
+    __slots__ = ("_response", "_timeout_s", "attempts")
+
+    def __init__(self, response: aiohttp.ClientResponse, attempts: int, timeout_s: float) -> None:
+        self._response = response
+        self.attempts = attempts
+        self._timeout_s = timeout_s
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def content_type(self) -> str:
+        return self._response.content_type
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, with transport faults mapped to ``Upstream*``."""
+        content = self._response.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(
+                f"The upstream was silent for more than {self._timeout_s:g} s (--timeout)."
+            ) from exc
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+            raise UpstreamUnavailable("The upstream connection broke in the middle of the answer.") from exc
+
+    async def read_json(self, max_bytes: int) -> Any:
+        """Read the whole body (at most ``max_bytes``) and decode it as JSON."""
+        body = bytearray()
+        async for chunk in self.iter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise StreamLimitExceeded(f"The upstream answer is larger than {max_bytes} bytes "
+                                          "(--max-line-bytes).")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise UpstreamProtocolError("The upstream answer is not valid JSON.") from exc
+
+
+class UpstreamClient:
+    """Requests to one Qwen Chat origin over a shared keep-alive pool."""
+
+    def __init__(self, session: aiohttp.ClientSession, origin: str, config: Config) -> None:
+        self._session = session
+        self._origin = origin.rstrip("/")
+        self._config = config
+        timeout_s = config.timeouts.upstream_s
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    @asynccontextmanager
+    async def open(self, method: str, path: str, *, token: str,
+                   json_body: dict[str, Any] | None = None,
+                   stream: bool = False) -> AsyncIterator[UpstreamResponse]:
+        """Send the request, retrying before the first byte; yield the good response.
+
+        The response is closed (not released to the pool) unless it was read to
+        the end: a half-read connection must never be reused, and closing it is
+        how a client disconnect stops the upstream from generating.
+        """
+        timeouts = self._config.timeouts
+        attempts = self._config.retries
+        headers = {**BROWSER_HEADERS, "Authorization": f"Bearer {token}",
+                   "Accept": "text/event-stream" if stream else "application/json"}
+        data = None
+        if json_body is not None:
+            data = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        url = self._origin + path
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self._attempt(method, url, headers, data)
+            except _Retryable as failure:
+                if attempt >= attempts:
+                    raise failure.error from failure
+                delay = backoff_s(attempt, timeouts.backoff_base_s, timeouts.backoff_max_s,
+                                  failure.retry_after_s)
+                _log.warning("upstream_retry", extra={"fields": {
+                    "attempt": attempt, "reason": failure.error.instance_code or failure.error.code,
+                    "delay_s": round(delay, 3)}})
+                await asyncio.sleep(delay)
+                continue
+            try:
+                yield UpstreamResponse(response, attempt, timeouts.upstream_s)
+            finally:
+                if response.content.is_eof():
+                    response.release()
+                else:
+                    response.close()
+            return
+
+    async def _attempt(self, method: str, url: str, headers: dict[str, str],
+                       data: bytes | None) -> aiohttp.ClientResponse:
+        timeout_s = self._config.timeouts.upstream_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._session.request(method, url, headers=headers, data=data,
+                                                       timeout=self._timeout, allow_redirects=False)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"The upstream did not answer within {timeout_s:g} s (--timeout)."
+            ) from exc
+        except aiohttp.ServerTimeoutError as exc:
+            raise UpstreamTimeout(f"The upstream did not answer within {timeout_s:g} s (--timeout).") from exc
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise _Retryable(UpstreamUnavailable(
+                f"Cannot reach the upstream: {type(exc).__name__}.")) from exc
+        try:
+            await self._check(response)
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    async def _check(self, response: aiohttp.ClientResponse) -> None:
+        status = response.status
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if 200 <= status < 300:
+            if response.content_type == "text/html":
+                head = await _read_some(response)
+                raise _Retryable(_challenge(head, status))
+            return
+        head = await _read_some(response)
+        if 300 <= status < 400:
+            raise UpstreamProtocolError(
+                f"Qwen Chat redirected the API request (HTTP {status}); check --upstream.")
+        if status >= 500:
+            if response.content_type == "text/html" and _is_challenge(head):
+                raise _Retryable(_challenge(head, status))
+            raise _Retryable(UpstreamUnavailable(
+                f"The upstream failed with HTTP {status} on every attempt ({_detail(head)})."), retry_after)
+        if status in (401, 403):
+            raise AuthenticationFailed(
+                f"Qwen Chat rejected the token (HTTP {status}: {_detail(head)}). Sign in to Qwen Chat "
+                "again and use a fresh token.")
+        if status == 429:
+            raise UpstreamRateLimited(f"Qwen Chat is rate limiting this token ({_detail(head)}).",
+                                      retry_after_s=retry_after if retry_after is not None else 60.0)
+        if response.content_type == "text/html" and _is_challenge(head):
+            raise _Retryable(_challenge(head, status))
+        raise UpstreamRejected(f"Qwen Chat refused the request with HTTP {status}: {_detail(head)}",
+                               status=status if status in (400, 404, 413, 422) else 400)
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.content.read(_ERROR_BODY_BYTES)
+    except (TimeoutError, aiohttp.ClientError, ConnectionError):
+        return b""
+
+
+def _detail(body: bytes) -> str:
+    """A short, JSON-safe description of an upstream error body."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        text = body[:200].decode("utf-8", "replace").strip()
+        return text if text and not text.startswith("<") else "no details"
+    if isinstance(payload, dict):
+        for key in ("error", "detail", "data", "message"):
+            if key in payload:
+                code, message = describe_error(payload[key])
+                return f"{code}: {message}" if code and message else (message or code or "no details")
+    return "no details"
+
+
+def _is_challenge(body: bytes) -> bool:
+    return any(marker in body for marker in _CHALLENGE_MARKERS)
+
+
+def _challenge(body: bytes, status: int) -> UpstreamError:
+    kind = "an anti-bot (WAF) challenge page" if _is_challenge(body) else "an HTML page"
+    return UpstreamChallenge(
+        f"Qwen Chat answered with {kind} (HTTP {status}) instead of the API response, on every "
+        "attempt. Its firewall is blocking this server's requests; retry later, or from another address."
+    )
