@@ -73,13 +73,17 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("--cors-origins", _origins, ",".join(_DEFAULTS.cors_origins),
              "comma-separated allowed browser origins, or '*'"),
     _Setting("--log-level", _log_level, _DEFAULTS.log_level, "debug, info, warning, error"),
+    _Setting("--drain-timeout", float, _DEFAULTS.drain_timeout_s,
+             "seconds open streams may take to finish after SIGTERM before they are ended"),
+    _Setting("--unix", str, None, "listen on this unix socket path instead of --host/--port"),
 )
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qwen-relay",
-        description="OpenAI-compatible relay for the Qwen Chat web service.",
+        description="OpenAI-compatible relay for the Qwen Chat web service. "
+        "'qwen-relay smoke --help' checks a running relay.",
         epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, "
         f"e.g. {ENV_PREFIX}MAX_CONCURRENCY=200; the flag wins.",
     )
@@ -132,6 +136,8 @@ def parse_config(argv: Sequence[str] | None = None,
             compress_min_bytes=v["compress_min_bytes"],
             cors_origins=v["cors_origins"],
             log_level=v["log_level"],
+            drain_timeout_s=v["drain_timeout"],
+            unix=v["unix"] or None,
             timeouts=Timeouts(upstream_s=v["timeout"]),
             limits=Limits(
                 max_concurrency=v["max_concurrency"],
@@ -140,12 +146,24 @@ def parse_config(argv: Sequence[str] | None = None,
             ),
         )
     except ValueError as exc:
-        parser.error(str(exc))
+        parser.error(_name_env_source(str(exc), args, environ if environ is not None else os.environ))
+
+
+def _name_env_source(message: str, args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """Point at the env var when the bad value came from one, not from the flag."""
+    for setting in _SETTINGS:
+        if setting.flag in message and getattr(args, setting.dest) is None and setting.env in environ:
+            return f"{message} ({setting.env}={environ[setting.env]!r})"
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``qwen-relay`` and ``python -m relay``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["smoke"]:
+        from .smoke import main as smoke_main
+
+        sys.exit(smoke_main(args[1:]))
     from .server import run  # imported here so ``--help`` stays fast
 
-    config = parse_config(sys.argv[1:] if argv is None else argv)
-    sys.exit(run(config))
+    sys.exit(run(parse_config(args)))

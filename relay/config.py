@@ -52,6 +52,10 @@ class Config:
     models_ttl_s: float = 3600.0
     #: below this a JSON body is sent as is: compression would not pay for itself.
     compress_min_bytes: int = 512
+    #: on SIGTERM, open streams get this long to finish before they are ended.
+    drain_timeout_s: float = 30.0
+    #: listen on this unix socket instead of host:port (nginx on the same host).
+    unix: str | None = None
     #: ``("*",)`` allows every origin: the API authenticates by header, never cookie.
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "info"
@@ -70,6 +74,8 @@ class Config:
         _require(self.models_ttl_s >= 0, "--models-ttl must not be negative")
         _require(self.compress_min_bytes >= 0, "--compress-min-bytes must not be negative")
         _require(self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        _require(self.drain_timeout_s >= 0, "--drain-timeout must not be negative")
+        _require(self.unix is None or bool(self.unix.strip()), "--unix must be a path")
         _require(self.timeouts.upstream_s > 0, "--timeout must be positive")
         _require(self.limits.max_concurrency >= 1, "--max-concurrency must be at least 1")
         _require(self.limits.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024")

@@ -22,8 +22,11 @@ __all__ = ["JsonFormatter", "redact", "request_id_var", "setup_logging"]
 
 request_id_var: ContextVar[str | None] = ContextVar("relay_request_id", default=None)
 
+# Runs on the rendered JSON line, where a quote may have become \" — hence the \\?.
+_GAP = r"""(?:\s|\\[tnr])"""  # whitespace, raw or as a JSON escape
 _SECRETS = re.compile(
-    r"(?i)(bearer\s+|token[\"']?\s*[:=]\s*[\"']?|api[-_]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+"
+    rf"""(?i)(bearer{_GAP}+|(?:token|api[-_]?key)(?:\\?["'])?{_GAP}*[:=]{_GAP}*(?:\\?["'])?)"""
+    r"""[^\s"'\\,;}]+"""
 )
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 

@@ -50,11 +50,16 @@ def parse_json_body(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid UTF-8 (byte {exc.start}).") from exc
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise InvalidRequest("The request body is nested too deeply to parse.") from exc
     except ValueError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); Python's parser accepts them by default.
+    raise ValueError(f"{name} is not a valid JSON value")
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -102,7 +107,7 @@ def _check_message(index: int, message: Any) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"'{where}' must be an object.", param=where, code="invalid_type")
     role = message.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise InvalidRequest(
             f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}; got {json.dumps(role)}.",
             param=f"{where}.role", code="invalid_value")

@@ -32,6 +32,14 @@ class LineTooLong(ValueError):
         self.limit = limit
 
 
+class _TooLongAfter(Exception):
+    """Internal: a too-long line was found after these complete lines."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+
 @dataclass(frozen=True, slots=True)
 class SseEvent:
     data: str
@@ -42,7 +50,7 @@ class SseEvent:
 class SseDecoder:
     """Incremental SSE parser per the WHATWG event-stream rules."""
 
-    __slots__ = ("_data", "_event", "_id", "_max_line", "_partial", "_skip_lf", "comments")
+    __slots__ = ("_data", "_event", "_id", "_max_line", "_partial", "_pending_error", "_skip_lf", "comments")
 
     def __init__(self, max_line_bytes: int) -> None:
         self._max_line = max_line_bytes
@@ -53,14 +61,28 @@ class SseDecoder:
         self._id: str | None = None
         #: comment lines seen so far (keep-alives); counted, never dispatched.
         self.comments = 0
+        self._pending_error: LineTooLong | None = None
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
-        """Consume one read's bytes; return the events it completed."""
+        """Consume one read's bytes; return the events it completed.
+
+        Events completed before a too-long line are returned first; the
+        ``LineTooLong`` is raised by the next call, so no good text is lost.
+        """
+        if self._pending_error is not None:
+            raise self._pending_error
         events: list[SseEvent] = []
-        for line in self._split_lines(chunk):
+        try:
+            lines = self._split_lines(chunk)
+        except _TooLongAfter as stop:
+            lines = stop.lines
+            self._pending_error = LineTooLong(self._max_line)
+        for line in lines:
             event = self._process_line(line)
             if event is not None:
                 events.append(event)
+        if self._pending_error is not None and not events:
+            raise self._pending_error
         return events
 
     def close(self) -> list[SseEvent]:
@@ -70,6 +92,8 @@ class SseDecoder:
         blank line. An upstream that closes right after its last ``data:`` line
         would then lose the end of the answer, so we dispatch it.
         """
+        if self._pending_error is not None:
+            raise self._pending_error
         events: list[SseEvent] = []
         if self._partial:
             line = self._partial.decode("utf-8", "replace")
@@ -102,13 +126,17 @@ class SseDecoder:
             lines[0] = bytes(partial)
             partial.clear()
         # Only a read longer than the limit can hold a too-long line: skip the scan otherwise.
-        if len(chunk) + carried > self._max_line and any(len(line) > self._max_line for line in lines):
-            raise LineTooLong(self._max_line)
+        if len(chunk) + carried > self._max_line:
+            for index, line in enumerate(lines):
+                if len(line) > self._max_line:
+                    raise _TooLongAfter([good.decode("utf-8", "replace") for good in lines[:index]])
+        decoded = [line.decode("utf-8", "replace") for line in lines]
         if tail:
             partial += tail
             if len(partial) > self._max_line:
-                raise LineTooLong(self._max_line)
-        return [line.decode("utf-8", "replace") for line in lines]
+                partial.clear()
+                raise _TooLongAfter(decoded)
+        return decoded
 
     def _process_line(self, line: str) -> SseEvent | None:
         if not line:

@@ -26,7 +26,9 @@ from .common import (
 __all__ = ["QwenV1"]
 
 #: request fields the relay handles itself and must not forward.
-_RELAY_ONLY = frozenset({"stream_options", "max_completion_tokens"})
+#: ``incremental_output`` would switch the upstream to increments (§2.2) behind the
+#: back of ``deaccumulate``; this dialect is cumulative by definition.
+_RELAY_ONLY = frozenset({"stream_options", "max_completion_tokens", "incremental_output"})
 _KNOWN_DELTA = frozenset({"role", "content"})
 
 

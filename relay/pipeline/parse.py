@@ -51,7 +51,7 @@ async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> As
                 return
             try:
                 payload = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 payload = None
             if not isinstance(payload, dict):
                 stats.garbage += 1

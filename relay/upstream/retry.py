@@ -25,7 +25,7 @@ def backoff_s(attempt: int, base_s: float, max_s: float, retry_after_s: float | 
     """
     if retry_after_s is not None:
         return min(max(retry_after_s, 0.0), max_s)
-    ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
+    ceiling = min(max_s, base_s * 2.0 ** min(attempt - 1, 64))  # the exponent cap avoids float overflow
     return random.uniform(ceiling / 2, ceiling)
 
 

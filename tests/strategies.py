@@ -1,0 +1,97 @@
+"""Shared Hypothesis strategies and the small helpers that go with them.
+
+After python-attrs/attrs:tests/strategies.py: one place for the shapes the
+property tests draw, so the SSE, pipeline and encoder tests agree on what
+"any text" and "any chunking" mean.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from hypothesis import strategies as st
+
+from relay.sse import SseEvent
+
+__all__ = [
+    "CR_LF",
+    "accumulate",
+    "chunkings",
+    "cumulative_frames",
+    "event_names",
+    "expected_event",
+    "normalise_newlines",
+    "split_at",
+    "sse_events",
+    "sse_texts",
+    "text_pieces",
+]
+
+#: SSE can only carry LF inside ``data``: CR and CRLF come back as LF.
+CR_LF = re.compile(r"\r\n|\r")
+
+#: Any text, biased towards what SSE and JSON treat specially: line ends, the
+#: field colon, spaces, quotes, backslashes, NUL, U+2028/U+0085, emoji.
+_special = st.sampled_from(["\r", "\n", "\r\n", ":", " ", '"', "\\", "\x00", "\u2028", "\x85", "😀", "é", "中"])
+sse_texts = st.lists(st.one_of(_special, st.text(max_size=8)), max_size=12).map("".join)
+
+#: Event types as our code writes them: no line ends (they would end the field).
+event_names = st.one_of(
+    st.none(),
+    st.text(st.characters(exclude_characters="\r\n", exclude_categories=["Cs"]), max_size=10),
+)
+
+
+def normalise_newlines(text: str) -> str:
+    return CR_LF.sub("\n", text)
+
+
+@st.composite
+def sse_events(draw: st.DrawFn) -> tuple[str, str | None]:
+    """``(data, event)`` as given to ``encode_event``."""
+    return draw(sse_texts), draw(event_names)
+
+
+def expected_event(data: str, event: str | None) -> SseEvent:
+    """What a conforming decoder yields for ``encode_event(data, event)``."""
+    return SseEvent(normalise_newlines(data), event or "message", None)
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    """Cut ``data`` at the given offsets (any order, duplicates allowed → empty pieces)."""
+    bounds = [0, *sorted(cuts), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@st.composite
+def chunkings(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    """Any split of ``data`` into reads, empty reads included."""
+    cuts = draw(st.lists(st.integers(0, len(data)), max_size=max(1, min(len(data), 20))))
+    return split_at(data, cuts)
+
+
+#: Non-empty increments, as a well-behaved upstream sends them.
+text_pieces = st.lists(sse_texts.filter(bool), max_size=10)
+
+
+def accumulate(pieces: list[str]) -> list[str]:
+    """qwen-v1's view of a stream: every frame holds the whole text so far."""
+    out: list[str] = []
+    so_far = ""
+    for piece in pieces:
+        so_far += piece
+        out.append(so_far)
+    return out
+
+
+@st.composite
+def cumulative_frames(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """``(text, frames)``: growing prefixes of ``text`` ending with all of it.
+
+    Cut points may repeat (an identical frame sent again) and may be 0 (an
+    empty first frame).
+    """
+    text = draw(sse_texts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=12)))
+    return text, [text[:cut] for cut in cuts] + [text]

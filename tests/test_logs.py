@@ -1,0 +1,161 @@
+"""Structured logging (relay/logs.py): one JSON object per line, and ``redact``
+as the last line of defence — a token never reaches the log, whatever a bug
+puts into a message.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from relay.logs import JsonFormatter, redact, request_id_var
+
+# A Qwen Chat token is a JWT; the second canary has no JWT shape, so only the
+# key-based patterns (Bearer, token=, api_key=) can catch it.
+JWT_CANARY = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6ImNhbmFyeS11c2VyIn0.c2lnbmF0dXJlLWNhbmFyeQ"
+PLAIN_CANARY = "canary7f3e9a1c5b2d4e6f"
+LEVELS = ["debug", "info", "warning", "error", "critical", "exception"]
+
+
+@pytest.fixture
+def captured(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger (under ``relay.``) whose lines go through JsonFormatter into a buffer."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"relay.test.{request.node.name}")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def lines_of(stream: io.StringIO) -> list[dict[str, Any]]:
+    text = stream.getvalue()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def log_at(logger: logging.Logger, level: str, msg: str, *args: object, **kwargs: Any) -> None:
+    if level == "exception":
+        try:
+            raise RuntimeError(msg % args if args else msg)
+        except RuntimeError:
+            logger.exception(msg, *args, **kwargs)
+    else:
+        getattr(logger, level)(msg, *args, **kwargs)
+
+
+def test_each_record_is_one_json_object_per_line(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """Every record is exactly one line of JSON, even with newlines in the message
+    or a multi-line traceback; ``fields`` are merged into the object."""
+    logger, stream = captured
+    logger.info("upstream_retry", extra={"fields": {"attempt": 2, "status": 502, "path": "/api/x"}})
+    logger.warning("multi\nline\r\nmessage ✓")
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        logger.exception("request_failed", extra={"fields": {"obj": object()}})
+    entries = lines_of(stream)
+    assert len(entries) == 3
+    first = entries[0]
+    assert first["event"] == "upstream_retry" and first["level"] == "info"
+    assert first["logger"] == logger.name
+    assert (first["attempt"], first["status"], first["path"]) == (2, 502, "/api/x")
+    assert first["ts"].endswith("Z") and "T" in first["ts"]
+    assert entries[1]["event"] == "multi\nline\r\nmessage ✓"
+    assert "ValueError: boom" in entries[2]["exception"]
+    assert entries[2]["level"] == "error"
+    assert entries[2]["obj"].startswith("<object")
+
+
+def test_request_id_is_added_when_set(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """Lines logged inside a request carry its id; others do not."""
+    logger, stream = captured
+    logger.info("outside")
+    token = request_id_var.set("req-123")
+    try:
+        logger.info("inside")
+    finally:
+        request_id_var.reset(token)
+    outside, inside = lines_of(stream)
+    assert "request_id" not in outside
+    assert inside["request_id"] == "req-123"
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("Authorization: Bearer xyz123abc", "xyz123abc"),
+    ("authorization: bearer   xyz123abc", "xyz123abc"),
+    ("GET /api/models?token=s3cr3tvalue&x=1", "s3cr3tvalue"),
+    ("token: s3cr3tvalue", "s3cr3tvalue"),
+    ("api_key=s3cr3tvalue", "s3cr3tvalue"),
+    ("x-api-key: s3cr3tvalue", "s3cr3tvalue"),
+    ("{'token': 's3cr3tvalue'}", "s3cr3tvalue"),
+    (f"cookie jwt {JWT_CANARY} end", JWT_CANARY),
+    (f"jwt={JWT_CANARY}", JWT_CANARY),
+])
+def test_redact_masks_secrets(text: str, secret: str) -> None:
+    """Bearer tokens, ``token=``/``api_key=`` values and JWTs become ``***``."""
+    masked = redact(text)
+    assert secret not in masked
+    assert "***" in masked
+
+
+def test_redact_keeps_ordinary_text() -> None:
+    """Text without secrets is unchanged."""
+    text = "upstream_retry attempt=2 status=502 tokens_out=15 eyJ-not-a-jwt"
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_canary_token_never_appears_at_any_level(level: str, captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """Logged through every level, in the message, in %-args, in fields and in
+    the exception text, neither canary token reaches the output."""
+    logger, stream = captured
+    for canary in (JWT_CANARY, PLAIN_CANARY):
+        log_at(logger, level, f"auth header Authorization: Bearer {canary}")
+        log_at(logger, level, "request to %s", f"https://chat.qwenlm.ai/api/models?token={canary}")
+        log_at(logger, level, "headers %r", {"Authorization": f"Bearer {canary}"})
+        log_at(logger, level, "event", extra={"fields": {"token": canary, "auth": f"Bearer {canary}"}})
+    log_at(logger, level, f"bare jwt {JWT_CANARY}")
+    log_at(logger, level, "fields", extra={"fields": {"upstream_token": JWT_CANARY}})
+    output = stream.getvalue()
+    assert output.count("\n") == 10
+    assert JWT_CANARY not in output
+    assert PLAIN_CANARY not in output
+
+
+def test_quoted_token_in_message_is_masked(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """A token in double quotes — ``token="…"`` or a JSON body dumped into a
+    message — is masked too. redact runs on the JSON line, where those quotes
+    have become ``\\"``, so the patterns must still match there."""
+    logger, stream = captured
+    for level in LEVELS:
+        log_at(logger, level, f'sending token="{PLAIN_CANARY}"')
+        log_at(logger, level, "upstream body %s", json.dumps({"token": PLAIN_CANARY}))
+        log_at(logger, level, "upstream body %s", json.dumps({"api_key": PLAIN_CANARY}))
+    assert PLAIN_CANARY not in stream.getvalue()
+
+
+@pytest.mark.parametrize("text", [
+    f"Authorization: Bearer\t{PLAIN_CANARY}",
+    f"Authorization: Bearer\n{PLAIN_CANARY}",
+    f"token:\t{PLAIN_CANARY}",
+    f"api_key =\r\n{PLAIN_CANARY}",
+], ids=["bearer_tab", "bearer_newline", "token_tab", "api_key_crlf"])
+def test_formatter_masks_whatever_redact_masks(text: str, captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """redact(text) masks these (``\\s`` matches a tab or newline), so logging
+    them must mask them too — but in the rendered JSON line that whitespace has
+    become ``\\t``/``\\n``, which the patterns must also accept."""
+    assert PLAIN_CANARY not in redact(text)
+    logger, stream = captured
+    logger.warning(text)
+    assert PLAIN_CANARY not in stream.getvalue()
