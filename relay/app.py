@@ -12,8 +12,10 @@ from aiohttp import web
 from .config import EMULATOR_UPSTREAM, Config
 from .dialects import get_dialect
 from .handlers import chat, health, models
-from .keys import CONFIG, DIALECT, GATE, MODELS, UPSTREAM
+from .keys import CONFIG, DIALECT, GATE, LIFECYCLE, METRICS, MODELS, UPSTREAM
+from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
+from .metrics import Metrics
 from .middleware import add_response_headers, preflight, relay_middleware
 from .models_cache import ModelsCache
 from .upstream import UpstreamClient
@@ -32,10 +34,20 @@ def make_app(config: Config, dialect: str = "qwen-v1") -> web.Application:
     app = web.Application(middlewares=[relay_middleware], client_max_size=config.limits.max_body_bytes + 1)
     app[CONFIG] = config
     app[DIALECT] = get_dialect(dialect)
-    app[GATE] = ConcurrencyGate(config.limits.max_concurrency)
+    gate = app[GATE] = ConcurrencyGate(config.limits.max_concurrency)
+    lifecycle = app[LIFECYCLE] = Lifecycle()
+    metrics = app[METRICS] = Metrics()
+    metrics.gauges.update({
+        "qwen_relay_in_flight": ("Chat completions holding a concurrency slot.", lambda: gate.in_flight),
+        "qwen_relay_max_concurrency": ("The --max-concurrency limit.", lambda: gate.capacity),
+        "qwen_relay_rejected_total": ("Requests refused with 429 because the relay was full.",
+                                      lambda: gate.rejected),
+        "qwen_relay_draining": ("1 while the relay drains after SIGTERM.", lambda: int(lifecycle.draining)),
+    })
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(add_response_headers)
     app.router.add_get("/healthz", health.healthz, allow_head=True)
+    app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/v1/models", models.list_models, allow_head=False)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     for path in ("/v1/models", "/v1/chat/completions"):
@@ -57,7 +69,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=config.limits.max_concurrency + _POOL_HEADROOM,
                                      limit_per_host=0, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
-    client = UpstreamClient(session, origin, config)
+    client = UpstreamClient(session, origin, config, app[METRICS])
     app[UPSTREAM] = client
     app[MODELS] = ModelsCache(models.fetcher(client, app[DIALECT]), config.models_ttl_s)
     try:

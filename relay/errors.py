@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AuthenticationFailed",
     "BodyTooLarge",
+    "Draining",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -112,6 +113,14 @@ class Overloaded(RelayError):
     status = 429
     type = "rate_limit_error"
     code = "relay_overloaded"
+
+
+class Draining(RelayError):
+    """The relay is shutting down: no new requests; open streams are ended."""
+
+    status = 503
+    type = "server_error"
+    code = "relay_draining"
 
 
 class UpstreamRateLimited(RelayError):

@@ -6,14 +6,18 @@ from aiohttp import web
 
 from .config import Config
 from .dialects import Dialect
+from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
+from .metrics import Metrics
 from .models_cache import ModelsCache
 from .upstream import UpstreamClient
 
-__all__ = ["CONFIG", "DIALECT", "GATE", "MODELS", "UPSTREAM"]
+__all__ = ["CONFIG", "DIALECT", "GATE", "LIFECYCLE", "METRICS", "MODELS", "UPSTREAM"]
 
 CONFIG = web.AppKey("config", Config)
 DIALECT = web.AppKey("dialect", Dialect)
 GATE = web.AppKey("gate", ConcurrencyGate)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
 MODELS = web.AppKey("models", ModelsCache)
+METRICS = web.AppKey("metrics", Metrics)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

@@ -24,16 +24,19 @@ RETRY_AFTER_FULL_S = 1
 class ConcurrencyGate:
     """An ``asyncio.Semaphore`` that refuses instead of queueing when full."""
 
-    __slots__ = ("_semaphore", "capacity", "rejected")
+    __slots__ = ("_idle", "_semaphore", "capacity", "in_flight", "rejected")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._semaphore = asyncio.Semaphore(capacity)
+        self.in_flight = 0
         self.rejected = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    @property
-    def in_flight(self) -> int:
-        return self.capacity - self._semaphore._value
+    async def wait_idle(self) -> None:
+        """Return once no request holds a slot (the drain waits on this)."""
+        await self._idle.wait()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -45,7 +48,12 @@ class ConcurrencyGate:
                 retry_after_s=RETRY_AFTER_FULL_S,
             )
         await self._semaphore.acquire()
+        self.in_flight += 1
+        self._idle.clear()
         try:
             yield
         finally:
+            self.in_flight -= 1
             self._semaphore.release()
+            if not self.in_flight:
+                self._idle.set()

@@ -20,13 +20,14 @@ from aiohttp.typedefs import Handler
 
 from .errors import (
     BodyTooLarge,
+    Draining,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     OriginNotAllowed,
     RelayError,
 )
-from .keys import CONFIG
+from .keys import CONFIG, LIFECYCLE, METRICS
 from .logs import request_id_var
 
 __all__ = ["INFO", "RequestInfo", "add_response_headers", "error_response", "preflight", "relay_middleware"]
@@ -72,11 +73,16 @@ async def relay_middleware(request: web.Request, handler: Handler) -> web.Stream
     status = 500
     try:
         try:
+            if request.app[LIFECYCLE].draining and request.path.startswith("/v1/"):
+                raise Draining("The relay is shutting down; retry on another instance or in a moment.",
+                               retry_after_s=1)
             response = await handler(request)
         except RelayError as exc:
             response = error_response(exc)
         except web.HTTPException as exc:
             response = error_response(_from_http(exc))
+            if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 names the allowed methods
+                response.headers["Allow"] = exc.headers["Allow"]
         except asyncio.CancelledError:
             info.client_gone = True
             status = 499  # nginx's "client closed request"
@@ -89,6 +95,11 @@ async def relay_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = 499 if info.client_gone else response.status
         return response
     finally:
+        metrics = request.app[METRICS]
+        resource = request.match_info.route.resource
+        metrics.count_request(request.method, resource.canonical if resource is not None else "unmatched",
+                              status)
+        metrics.bytes_out += info.bytes_out
         if _access.isEnabledFor(logging.INFO):
             _access.info("request", extra={"fields": {
                 "method": request.method, "path": request.path, "status": status,

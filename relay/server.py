@@ -1,41 +1,92 @@
-"""Run the relay: logging, the app, the listening socket, signals."""
+"""Run the relay: logging, the app, the listening socket, signals and the drain.
+
+Shutdown (SIGTERM or SIGINT), after uvicorn's ``should_exit`` / ``force_exit``:
+  1. mark the relay draining: /healthz answers 503, new /v1 requests get 503,
+     systemd hears ``STOPPING=1``; stop accepting connections;
+  2. wait until every request holding a concurrency slot has finished, up to
+     ``--drain-timeout`` (a second signal cuts the wait short);
+  3. abort the upstream of whatever is still open: each of those streams ends
+     with an error event and ``data: [DONE]`` instead of a cut connection;
+  4. close keep-alive connections and the upstream session; exit 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 
 from aiohttp import web
 
 from .app import make_app
 from .config import Config
+from .errors import Draining
+from .keys import GATE, LIFECYCLE, UPSTREAM
 from .logs import setup_logging
+from .systemd import notify
 
-__all__ = ["run", "serve"]
+__all__ = ["drain", "run", "serve"]
 
 _log = logging.getLogger("relay.error")
 
-#: how long shutdown waits for open requests before closing them.
-SHUTDOWN_GRACE_S = 10.0
+#: after the drain, how long aborted streams get to write their error event.
+_ABORT_GRACE_S = 3.0
+#: the socket nginx connects to must be writable by nginx's user.
+_UNIX_SOCKET_MODE = 0o666
 
 
-async def serve(config: Config, stop: asyncio.Event) -> None:
-    """Listen until ``stop`` is set, then close everything in order."""
+async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
+    """Listen until ``stop`` is set, then drain and close everything in order."""
     app = make_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=SHUTDOWN_GRACE_S)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=_ABORT_GRACE_S)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
-    await site.start()
-    for address in runner.addresses:
-        host, port = address[0], address[1]
-        _log.info("listening", extra={"fields": {"url": f"http://{host}:{port}", "host": host, "port": port}})
+    site: web.BaseSite
+    if config.unix:
+        site = web.UnixSite(runner, config.unix)
+    else:
+        site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     try:
-        await stop.wait()
-    finally:
-        _log.info("shutting_down")
+        await site.start()
+    except BaseException:
         await runner.cleanup()
+        raise
+    if config.unix:
+        os.chmod(config.unix, _UNIX_SOCKET_MODE)
+        where = f"unix:{config.unix}"
+        _log.info("listening", extra={"fields": {"url": where, "unix": config.unix}})
+    else:
+        host, port = runner.addresses[0][:2]
+        where = f"http://{host}:{port}"
+        _log.info("listening", extra={"fields": {"url": where, "host": host, "port": port}})
+    notify(f"READY=1\nSTATUS=serving on {where}")
+    await stop.wait()
+    await drain(app, runner, config.drain_timeout_s, force or asyncio.Event())
+
+
+async def drain(app: web.Application, runner: web.AppRunner, timeout_s: float, force: asyncio.Event) -> None:
+    """Steps 1–4 of the module docstring."""
+    gate = app[GATE]
+    app[LIFECYCLE].draining = True
+    notify("STOPPING=1\nSTATUS=draining")
+    _log.info("drain_started", extra={"fields": {"in_flight": gate.in_flight, "timeout_s": timeout_s}})
+    for site in list(runner.sites):
+        await site.stop()
+    waiters = [asyncio.ensure_future(gate.wait_idle()), asyncio.ensure_future(force.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if gate.in_flight:
+        aborted = app[UPSTREAM].abort_all(Draining("The relay is shutting down; this answer was cut short."))
+        _log.warning("drain_deadline", extra={"fields": {"in_flight": gate.in_flight, "aborted": aborted}})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_ABORT_GRACE_S):
+                await gate.wait_idle()
+    await runner.cleanup()
+    _log.info("drain_finished")
 
 
 def run(config: Config) -> int:
@@ -43,11 +94,15 @@ def run(config: Config) -> int:
     setup_logging(config.log_level)
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, force = asyncio.Event(), asyncio.Event()
+
+        def on_signal() -> None:
+            (force if stop.is_set() else stop).set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+            loop.add_signal_handler(sig, on_signal)
+        await serve(config, stop, force)
 
     try:
         asyncio.run(main())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 
 from aiohttp import web
 
 from ..dialects import Completion, Dialect
 from ..errors import UpstreamProtocolError
-from ..keys import CONFIG, DIALECT, GATE, UPSTREAM
+from ..keys import CONFIG, DIALECT, GATE, METRICS, UPSTREAM
 from ..middleware import INFO, RequestInfo
 from ..openai_wire import (
     ChatRequest,
@@ -79,8 +80,21 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
 async def _relay_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
                         dialect: Dialect, chat: ChatRequest) -> web.StreamResponse:
     """Peek the first frame (errors so far still get a JSON status), then stream."""
-    config = request.app[CONFIG]
     stats = StreamStats()
+    started = time.perf_counter()
+    try:
+        return await _write_stream(request, info, upstream, dialect, chat, stats)
+    finally:
+        metrics = request.app[METRICS]
+        metrics.stream_duration.observe(time.perf_counter() - started)
+        metrics.divergences += stats.divergences
+        metrics.garbage_events += stats.garbage
+        metrics.client_disconnects += info.client_gone
+
+
+async def _write_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
+                        dialect: Dialect, chat: ChatRequest, stats: StreamStats) -> web.StreamResponse:
+    config = request.app[CONFIG]
     if upstream.content_type == "application/json":
         # An upstream error body with a 2xx status, where a stream was expected.
         dialect.completion(await upstream.read_json(config.limits.max_line_bytes))

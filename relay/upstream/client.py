@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +37,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ..metrics import Metrics
 from .retry import backoff_s, parse_retry_after
 
 __all__ = ["BROWSER_HEADERS", "UpstreamClient", "UpstreamResponse"]
@@ -64,12 +66,22 @@ class _Retryable(Exception):
 class UpstreamResponse:
     """A successful (2xx, not HTML) upstream response, owned by ``open``."""
 
-    __slots__ = ("_response", "_timeout_s", "attempts")
+    __slots__ = ("_abort_error", "_response", "_timeout_s", "attempts")
 
     def __init__(self, response: aiohttp.ClientResponse, attempts: int, timeout_s: float) -> None:
         self._response = response
         self.attempts = attempts
         self._timeout_s = timeout_s
+        self._abort_error: RelayError | None = None
+
+    def abort(self, error: RelayError) -> None:
+        """Close the connection now; the reader sees ``error`` instead of a broken pipe.
+
+        Used by the drain at its deadline: each open stream's reader wakes up and
+        the pipeline ends the stream with an error event and ``[DONE]``.
+        """
+        self._abort_error = error
+        self._response.close()
 
     @property
     def status(self) -> int:
@@ -93,6 +105,8 @@ class UpstreamResponse:
                 f"The upstream was silent for more than {self._timeout_s:g} s (--timeout)."
             ) from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+            if self._abort_error is not None:
+                raise self._abort_error from exc
             raise UpstreamUnavailable("The upstream connection broke in the middle of the answer.") from exc
 
     async def read_json(self, max_bytes: int) -> Any:
@@ -105,23 +119,34 @@ class UpstreamResponse:
                                           "(--max-line-bytes).")
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UpstreamProtocolError("The upstream answer is not valid JSON.") from exc
 
 
 class UpstreamClient:
     """Requests to one Qwen Chat origin over a shared keep-alive pool."""
 
-    def __init__(self, session: aiohttp.ClientSession, origin: str, config: Config) -> None:
+    def __init__(self, session: aiohttp.ClientSession, origin: str, config: Config,
+                 metrics: Metrics | None = None) -> None:
         self._session = session
         self._origin = origin.rstrip("/")
         self._config = config
+        self._metrics = metrics if metrics is not None else Metrics()
+        #: responses being read right now, so a drain can end them at its deadline.
+        self._open: set[UpstreamResponse] = set()
         timeout_s = config.timeouts.upstream_s
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
 
     @property
     def origin(self) -> str:
         return self._origin
+
+    def abort_all(self, error: RelayError) -> int:
+        """Abort every response still being read; return how many there were."""
+        responses = list(self._open)
+        for response in responses:
+            response.abort(error)
+        return len(responses)
 
     @asynccontextmanager
     async def open(self, method: str, path: str, *, token: str,
@@ -143,21 +168,32 @@ class UpstreamClient:
             headers["Content-Type"] = "application/json"
         url = self._origin + path
         for attempt in range(1, attempts + 1):
+            self._metrics.upstream_attempts += 1
+            started = time.perf_counter()
             try:
                 response = await self._attempt(method, url, headers, data)
             except _Retryable as failure:
+                reason = failure.error.instance_code or failure.error.code or "error"
                 if attempt >= attempts:
+                    self._metrics.count_upstream_error(reason)
                     raise failure.error from failure
+                self._metrics.count_retry(reason)
                 delay = backoff_s(attempt, timeouts.backoff_base_s, timeouts.backoff_max_s,
                                   failure.retry_after_s)
                 _log.warning("upstream_retry", extra={"fields": {
-                    "attempt": attempt, "reason": failure.error.instance_code or failure.error.code,
-                    "delay_s": round(delay, 3)}})
+                    "attempt": attempt, "reason": reason, "delay_s": round(delay, 3)}})
                 await asyncio.sleep(delay)
                 continue
+            except RelayError as error:
+                self._metrics.count_upstream_error(error.instance_code or error.code or "error")
+                raise
+            self._metrics.upstream_first_byte.observe(time.perf_counter() - started)
+            wrapped = UpstreamResponse(response, attempt, timeouts.upstream_s)
+            self._open.add(wrapped)
             try:
-                yield UpstreamResponse(response, attempt, timeouts.upstream_s)
+                yield wrapped
             finally:
+                self._open.discard(wrapped)
                 if response.content.is_eof():
                     response.release()
                 else:
@@ -228,7 +264,7 @@ def _detail(body: bytes) -> str:
     """A short, JSON-safe description of an upstream error body."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         text = body[:200].decode("utf-8", "replace").strip()
         return text if text and not text.startswith("<") else "no details"
     if isinstance(payload, dict):
