@@ -85,6 +85,15 @@ class SseDecoder:
             raise self._pending_error
         return events
 
+    def raise_pending(self) -> None:
+        """Raise the ``LineTooLong`` held back by the last ``feed``, if any.
+
+        Lets a caller report a too-long line right after delivering the events
+        before it, instead of at the next read (which may never come).
+        """
+        if self._pending_error is not None:
+            raise self._pending_error
+
     def close(self) -> list[SseEvent]:
         """Flush at end of stream.
 

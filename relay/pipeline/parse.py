@@ -32,6 +32,7 @@ async def parse_events(chunks: AsyncIterable[bytes], max_line_bytes: int,
             async for chunk in chunks:
                 for event in decoder.feed(chunk):
                     yield event
+                decoder.raise_pending()
             for event in decoder.close():
                 yield event
         except LineTooLong as exc:

@@ -361,12 +361,14 @@ async def test_upstream_silent_before_headers_is_504_upstream_timeout(
 
 
 async def test_upstream_silent_after_stream_headers_is_504_json(
-        relay_factory: RelayFactory, session: aiohttp.ClientSession) -> None:
+        relay_factory: RelayFactory, session: aiohttp.ClientSession, emulator: RunningEmulator) -> None:
     """Nothing was sent to the client yet, so the status can still say what happened."""
     relay = await relay_factory(timeout_s=0.5)
     resp, body = await post_json(session, relay + CHAT,
                                  chat_body(stream=True, text=directive(fault="stall_headers")))
     assert envelope(resp, body, 504)["code"] == "upstream_timeout"
+    (record,) = chat_requests(emulator)
+    assert record.status == 200  # the upstream did send its 200 headers before going silent
 
 
 async def test_non_stream_stall_mid_is_504(relay_factory: RelayFactory, session: aiohttp.ClientSession) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from openai import AsyncOpenAI, AuthenticationError, NotFoundError
 
@@ -9,8 +11,9 @@ from tests.conftest import MODEL, TOKEN, directive
 
 
 @pytest.fixture
-def client(relay: str) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=relay + "/v1", api_key=TOKEN, max_retries=0, timeout=20)
+async def client(relay: str) -> AsyncIterator[AsyncOpenAI]:
+    async with AsyncOpenAI(base_url=relay + "/v1", api_key=TOKEN, max_retries=0, timeout=20) as sdk:
+        yield sdk
 
 
 async def test_sdk_lists_models_with_ids_usable_as_model(client: AsyncOpenAI) -> None:
@@ -76,9 +79,9 @@ async def test_sdk_repeated_tokens_are_not_lost(client: AsyncOpenAI) -> None:
 
 
 async def test_sdk_raises_authentication_error_for_expired_token(relay: str) -> None:
-    client = AsyncOpenAI(base_url=relay + "/v1", api_key="expired-token", max_retries=0)
-    with pytest.raises(AuthenticationError) as caught:
-        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    async with AsyncOpenAI(base_url=relay + "/v1", api_key="expired-token", max_retries=0) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 401
     assert caught.value.body["code"] == "invalid_api_key"  # type: ignore[index]
 

@@ -278,3 +278,4 @@ async def test_client_disconnect_mid_stream_closes_upstream_and_relay_keeps_serv
     async with aiohttp.ClientSession() as session:
         _, events = await stream(session, relay, reply="after the disconnect", chunks=3)
     assert_completed(events, "after the disconnect")
+

@@ -7,6 +7,7 @@ ends, so an early stop never leaves the upstream response open.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -175,3 +176,22 @@ async def test_error_raised_by_source_propagates_and_stage_closes() -> None:
             got.append(payload)
     assert got == [{"a": 1}]
     assert closed == ["source"]
+
+
+async def test_too_long_line_is_reported_without_waiting_for_another_read() -> None:
+    """The events before a too-long line come out, then the error at once — even
+    when the upstream then goes silent, so the client never waits for --timeout."""
+    silence = asyncio.Event()
+
+    async def source() -> AsyncIterator[bytes]:
+        yield b'data: {"a": 1}\n\n' + b"data: " + b"x" * 5000
+        await silence.wait()  # never set: an upstream that stalls after the long line
+        yield b"\n\n"
+
+    events = parse_events(source(), 1024, StreamStats())
+    first = await anext(events)
+    assert first == SseEvent('{"a": 1}')
+    async with asyncio.timeout(1):
+        with pytest.raises(StreamLimitExceeded):
+            await anext(events)
+    await events.aclose()
