@@ -27,6 +27,8 @@ class Timeouts:
     backoff_base_s: float = 0.25
     #: no single backoff wait (nor an honoured Retry-After) exceeds this.
     backoff_max_s: float = 8.0
+    #: a client must deliver its whole request body within this (slowloris guard).
+    client_body_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class Config:
         _require(self.drain_timeout_s >= 0, "--drain-timeout must not be negative")
         _require(self.unix is None or bool(self.unix.strip()), "--unix must be a path")
         _require(self.timeouts.upstream_s > 0, "--timeout must be positive")
+        _require(self.timeouts.client_body_s > 0, "--body-timeout must be positive")
         _require(self.limits.max_concurrency >= 1, "--max-concurrency must be at least 1")
         _require(self.limits.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024")
         _require(self.limits.max_line_bytes >= 1024, "--max-line-bytes must be at least 1024")

@@ -22,6 +22,7 @@ __all__ = [
     "OriginNotAllowed",
     "Overloaded",
     "RelayError",
+    "RequestTimeout",
     "StreamLimitExceeded",
     "UpstreamChallenge",
     "UpstreamError",
@@ -39,6 +40,8 @@ class RelayError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = None
+    #: the connection cannot be trusted for another request after this error.
+    closes_connection: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -78,6 +81,14 @@ class InvalidRequest(RelayError):
 class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client sent its body too slowly (a slowloris, or a stalled upload)."""
+
+    status = 408
+    code = "request_timeout"
+    closes_connection = True
 
 
 class ModelNotFound(InvalidRequest):

@@ -115,6 +115,8 @@ def error_response(exc: RelayError) -> web.Response:
     response = web.Response(status=exc.http_status, body=body, content_type="application/json")
     if exc.retry_after_s is not None:
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    if exc.closes_connection:
+        response.force_close()
     return response
 
 

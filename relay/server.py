@@ -33,6 +33,9 @@ _log = logging.getLogger("relay.error")
 
 #: after the drain, how long aborted streams get to write their error event.
 _ABORT_GRACE_S = 3.0
+#: idle keep-alive connections close after this; longer than nginx's upstream 60 s
+#: so nginx, not the relay, closes a pooled connection (no race on reuse).
+_KEEPALIVE_S = 75.0
 #: the socket nginx connects to must be writable by nginx's user.
 _UNIX_SOCKET_MODE = 0o666
 
@@ -40,7 +43,8 @@ _UNIX_SOCKET_MODE = 0o666
 async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
     """Listen until ``stop`` is set, then drain and close everything in order."""
     app = make_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=_ABORT_GRACE_S)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=_ABORT_GRACE_S,
+                           keepalive_timeout=_KEEPALIVE_S)
     await runner.setup()
     site: web.BaseSite
     if config.unix:

@@ -40,13 +40,14 @@ def relay_factory(aiohttp_server: AiohttpServer, emulator: RunningEmulator) -> R
 
     ``timeout_s`` sets ``Timeouts.upstream_s``; ``max_concurrency``,
     ``max_body_bytes`` and ``max_line_bytes`` set ``Limits``; ``backoff_base_s``
-    shortens retries so tests stay fast.
+    shortens retries so tests stay fast; ``client_body_s`` is ``--body-timeout``.
     """
     async def start(**overrides: Any) -> str:
         timeouts = Timeouts(
             upstream_s=overrides.pop("timeout_s", 5.0),
             backoff_base_s=overrides.pop("backoff_base_s", 0.01),
             backoff_max_s=overrides.pop("backoff_max_s", 0.05),
+            client_body_s=overrides.pop("client_body_s", 30.0),
         )
         limit_fields = {f.name for f in dataclasses.fields(Limits)}
         limits = Limits(**{k: overrides.pop(k) for k in list(overrides) if k in limit_fields})

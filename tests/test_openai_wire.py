@@ -294,6 +294,7 @@ ERROR_STATUSES: dict[type[RelayError], int] = {
     errors.AuthenticationFailed: 401,
     errors.Overloaded: 429,
     errors.Draining: 503,
+    errors.RequestTimeout: 408,
     errors.UpstreamRateLimited: 429,
     errors.UpstreamError: 502,
     errors.UpstreamUnavailable: 502,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from ..compression import compress_async, negotiate_encoding
-from ..errors import AuthenticationFailed, BodyTooLarge
+from ..errors import AuthenticationFailed, BodyTooLarge, RequestTimeout
 from ..keys import CONFIG
 
 __all__ = ["bearer_token", "json_response", "read_body"]
@@ -38,12 +40,17 @@ def bearer_token(request: web.Request) -> str:
 
 async def read_body(request: web.Request) -> bytes:
     """The request body, refusing early (413) when it cannot fit the limit."""
-    limit = request.app[CONFIG].limits.max_body_bytes
+    config = request.app[CONFIG]
+    limit = config.limits.max_body_bytes
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} (--max-body-bytes).")
     try:
-        body = await request.read()
+        async with asyncio.timeout(config.timeouts.client_body_s):
+            body = await request.read()
+    except TimeoutError as exc:
+        raise RequestTimeout(f"The request body did not arrive within {config.timeouts.client_body_s:g} s "
+                             "(--body-timeout).") from exc
     except web.HTTPRequestEntityTooLarge as exc:
         raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes (--max-body-bytes).") from exc
     if len(body) > limit:
