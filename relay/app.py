@@ -28,12 +28,12 @@ _log = logging.getLogger("relay.error")
 _POOL_HEADROOM = 32
 
 
-def make_app(config: Config, dialect: str = "qwen-v1") -> web.Application:
+def make_app(config: Config) -> web.Application:
     """Build the relay application; resources open on startup and close on cleanup."""
     # +1 so that aiohttp never rejects first: our 413 check gives the OpenAI envelope.
     app = web.Application(middlewares=[relay_middleware], client_max_size=config.limits.max_body_bytes + 1)
     app[CONFIG] = config
-    app[DIALECT] = get_dialect(dialect)
+    app[DIALECT] = get_dialect(config.dialect)
     gate = app[GATE] = ConcurrencyGate(config.limits.max_concurrency)
     lifecycle = app[LIFECYCLE] = Lifecycle()
     metrics = app[METRICS] = Metrics()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import LOG_LEVELS, Config, Limits, Timeouts
+from .config_file import ConfigFile, ConfigFileError, load_config_file
 
 __all__ = ["ENV_PREFIX", "main", "parse_config"]
 
@@ -40,6 +41,15 @@ def _origins(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _log_level(value: str) -> str:
     level = value.strip().lower()
     if level not in LOG_LEVELS:
@@ -57,6 +67,10 @@ _SETTINGS: tuple[_Setting, ...] = (
         _DEFAULTS.upstream,
         "Qwen Chat origin (a path prefix is kept), or 'emulator' for the offline demo",
     ),
+    _Setting("--dialect", str, _DEFAULTS.dialect,
+             "upstream protocol: qwen-v2 (chat.qwen.ai today), qwen-phase (mid-2025), qwen-v1 (early 2025)"),
+    _Setting("--reasoning-in-content", _bool, _DEFAULTS.reasoning_in_content,
+             "put thinking into content as <think>...</think> instead of reasoning_content"),
     _Setting("--max-concurrency", int, _DEFAULTS.limits.max_concurrency,
              "chat completions in flight (streams until their last byte); over it 429"),
     _Setting("--timeout", float, _DEFAULTS.timeouts.upstream_s,
@@ -81,6 +95,9 @@ _SETTINGS: tuple[_Setting, ...] = (
 )
 
 
+_SETTING_NAMES = frozenset(setting.dest for setting in _SETTINGS)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qwen-relay",
@@ -89,26 +106,31 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, "
         f"e.g. {ENV_PREFIX}MAX_CONCURRENCY=200; the flag wins.",
     )
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help=f"TOML file with [relay] settings and [upstream.headers] (env {ENV_PREFIX}CONFIG)")
     for setting in _SETTINGS:
         shown = setting.default if not isinstance(setting.default, tuple) else ",".join(setting.default)
-        parser.add_argument(
-            setting.flag,
-            dest=setting.dest,
-            default=None,
-            metavar=setting.dest.upper(),
-            help=f"{setting.help} (env {setting.env}; default {shown})",
-        )
+        help_text = f"{setting.help} (env {setting.env}; default {shown})"
+        if setting.parse is _bool:  # a switch: "--flag" alone means true
+            parser.add_argument(setting.flag, dest=setting.dest, default=None, nargs="?", const="true",
+                                metavar="BOOL", help=help_text)
+            continue
+        parser.add_argument(setting.flag, dest=setting.dest, default=None, metavar=setting.dest.upper(),
+                            help=help_text)
     return parser
 
 
 def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace,
-             environ: Mapping[str, str]) -> dict[str, Any]:
+             environ: Mapping[str, str], from_file: Mapping[str, Any], file_name: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for setting in _SETTINGS:
         raw = getattr(args, setting.dest)
         source = setting.flag
         if raw is None and setting.env in environ:
             raw, source = environ[setting.env], setting.env
+        if raw is None and setting.dest in from_file:
+            raw, source = from_file[setting.dest], f"{file_name}: [relay] {setting.dest}"
+            raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
         if raw is None:
             value = setting.default
             if isinstance(value, str) and setting.parse is not str:
@@ -127,12 +149,22 @@ def parse_config(argv: Sequence[str] | None = None,
     """Build the Config from flags, then env vars, then defaults; exit 2 on bad input."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    v = _resolve(parser, args, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    config_path = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    file = ConfigFile()
+    if config_path:
+        try:
+            file = load_config_file(config_path, _SETTING_NAMES)
+        except ConfigFileError as exc:
+            parser.error(str(exc))
+    v = _resolve(parser, args, environ, file.settings, config_path or "")
     try:
         return Config(
             host=v["host"],
             port=v["port"],
             upstream=v["upstream"].rstrip("/"),
+            dialect=v["dialect"],
+            reasoning_in_content=v["reasoning_in_content"],
             retries=v["retries"],
             models_ttl_s=v["models_ttl"],
             compress_min_bytes=v["compress_min_bytes"],
@@ -140,6 +172,7 @@ def parse_config(argv: Sequence[str] | None = None,
             log_level=v["log_level"],
             drain_timeout_s=v["drain_timeout"],
             unix=v["unix"] or None,
+            upstream_headers=file.headers,
             timeouts=Timeouts(upstream_s=v["timeout"], client_body_s=v["body_timeout"]),
             limits=Limits(
                 max_concurrency=v["max_concurrency"],
@@ -148,7 +181,7 @@ def parse_config(argv: Sequence[str] | None = None,
             ),
         )
     except ValueError as exc:
-        parser.error(_name_env_source(str(exc), args, environ if environ is not None else os.environ))
+        parser.error(_name_env_source(str(exc), args, environ))
 
 
 def _name_env_source(message: str, args: argparse.Namespace, environ: Mapping[str, str]) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["EMULATOR_UPSTREAM", "LOG_LEVELS", "Config", "Limits", "Timeouts"]
+__all__ = ["DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "Config", "Limits", "Timeouts"]
 
 #: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
 EMULATOR_UPSTREAM = "emulator"
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DIALECT_NAMES = ("qwen-v1", "qwen-phase", "qwen-v2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,11 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     #: Qwen Chat's origin; a path prefix on it is kept. ``emulator`` = in-process demo.
-    upstream: str = "https://chat.qwenlm.ai"
+    upstream: str = "https://chat.qwen.ai"
+    #: which generation of the Qwen Chat web API the upstream speaks (§3–§5).
+    dialect: str = "qwen-v2"
+    #: put reasoning back into ``content`` as ``<think>…</think>`` for clients that want it.
+    reasoning_in_content: bool = False
     #: attempts per upstream request (1 = no retry), only before the first byte.
     retries: int = 3
     models_ttl_s: float = 3600.0
@@ -58,6 +63,8 @@ class Config:
     drain_timeout_s: float = 30.0
     #: listen on this unix socket instead of host:port (nginx on the same host).
     unix: str | None = None
+    #: extra upstream request headers (``--config`` ``[upstream.headers]``), e.g. ``bx-v``.
+    upstream_headers: tuple[tuple[str, str], ...] = ()
     #: ``("*",)`` allows every origin: the API authenticates by header, never cookie.
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "info"
@@ -72,6 +79,7 @@ class Config:
                 self.upstream.startswith(("http://", "https://")),
                 "--upstream must be an http(s):// origin or 'emulator'",
             )
+        _require(self.dialect in DIALECT_NAMES, f"--dialect must be one of {', '.join(DIALECT_NAMES)}")
         _require(self.retries >= 1, "--retries counts attempts and must be at least 1")
         _require(self.models_ttl_s >= 0, "--models-ttl must not be negative")
         _require(self.compress_min_bytes >= 0, "--compress-min-bytes must not be negative")

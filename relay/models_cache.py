@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .dialects.common import model_variants
 from .openai_wire import model_list
 
 __all__ = ["CachedModels", "ModelsCache"]
@@ -30,6 +31,8 @@ class CachedModels:
     ids: frozenset[str]
     body: bytes
     expires_at: float
+    #: synthetic ids (``-thinking``, ``-search``) → (base id, thinking, search).
+    variants: dict[str, tuple[str, bool, bool]] = field(default_factory=dict)
     #: compressed variants of ``body`` by content coding, filled on first use.
     encoded: dict[str, bytes] = field(default_factory=dict)
 
@@ -63,11 +66,16 @@ class ModelsCache:
         self.upstream_calls += 1
         models = await self._fetch(token)
         created = int(time.time())
-        listing = model_list(models, created)
+        variants = model_variants(models)
+        names = {m["id"]: m.get("name") for m in models}
+        synthetic = [{"id": variant, "name": _variant_name(names.get(base), base, thinking, search)}
+                     for variant, (base, thinking, search) in variants.items()]
+        listing = model_list([*models, *synthetic], created)
         entry = CachedModels(
             ids=frozenset(item["id"] for item in listing["data"]),
             body=json.dumps(listing, ensure_ascii=False, separators=(",", ":")).encode(),
             expires_at=time.monotonic() + self._ttl_s,
+            variants=variants,
         )
         if self._ttl_s > 0:
             self._entries.pop(key, None)
@@ -80,3 +88,8 @@ class ModelsCache:
         for task in list(self._inflight.values()):
             task.cancel()
         self._entries.clear()
+
+
+def _variant_name(name: object, base: str, thinking: bool, search: bool) -> str:
+    switches = " + ".join(part for part, on in (("thinking", thinking), ("search", search)) if on)
+    return f"{name if isinstance(name, str) else base} ({switches})"

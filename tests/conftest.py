@@ -52,6 +52,7 @@ def relay_factory(aiohttp_server: AiohttpServer, emulator: RunningEmulator) -> R
         limit_fields = {f.name for f in dataclasses.fields(Limits)}
         limits = Limits(**{k: overrides.pop(k) for k in list(overrides) if k in limit_fields})
         upstream = overrides.pop("upstream", emulator.url)
+        overrides.setdefault("dialect", "qwen-v1")
         config = Config(upstream=upstream, timeouts=timeouts, limits=limits, **overrides)
         server = await aiohttp_server(make_app(config), host="127.0.0.1")
         return str(server.make_url("")).rstrip("/")

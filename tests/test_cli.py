@@ -26,7 +26,9 @@ def test_defaults() -> None:
     assert config.compress_min_bytes == 512
     assert config.cors_origins == ("*",)
     assert config.log_level == "info"
-    assert config.upstream == "https://chat.qwenlm.ai"
+    assert config.upstream == "https://chat.qwen.ai"
+    assert config.dialect == "qwen-v2"
+    assert config.reasoning_in_content is False
     assert (config.host, config.port) == ("127.0.0.1", 8080)
 
 

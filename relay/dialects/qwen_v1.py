@@ -2,7 +2,8 @@
 
 ``GET /api/models``; ``POST /api/chat/completions`` with ``{model, messages,
 stream, max_tokens}``. Every stream delta holds the whole answer so far, so the
-stream passes through ``deaccumulate``.
+stream passes through ``deaccumulate``; thinking models write ``<think>…</think>``
+inline, which ``split_think`` moves to reasoning.
 """
 
 from __future__ import annotations
@@ -12,23 +13,19 @@ from typing import Any
 
 from ..errors import UpstreamProtocolError
 from ..openai_wire import ChatRequest, usage_from_upstream
-from ..pipeline._util import closing_source
+from ..pipeline import closing_source
 from ..pipeline.deaccumulate import deaccumulate
 from ..pipeline.frames import Frame, StreamStats
-from . import Completion
-from .common import (
-    CONTEXT_LENGTH_CODES,
-    describe_error,
-    error_from_payload,
-    model_entries,
-)
+from ..pipeline.think import ThinkSplitter, split_think
+from . import ChatOptions, Completion, PostJson, UpstreamCall
+from .common import CONTEXT_LENGTH_CODES, describe_error, error_from_payload, model_entries, sources_text
 
-__all__ = ["QwenV1"]
+__all__ = ["RELAY_ONLY_FIELDS", "QwenV1", "upstream_messages"]
 
-#: request fields the relay handles itself and must not forward.
-#: ``incremental_output`` would switch the upstream to increments (§2.2) behind the
-#: back of ``deaccumulate``; this dialect is cumulative by definition.
-_RELAY_ONLY = frozenset({"stream_options", "max_completion_tokens", "incremental_output"})
+#: request fields the relay handles itself and must not forward. ``incremental_output``
+#: would switch the upstream to increments (§2.2) behind ``deaccumulate``'s back.
+RELAY_ONLY_FIELDS = frozenset({"stream_options", "max_completion_tokens", "incremental_output",
+                               "enable_thinking", "thinking_budget", "chat_template_kwargs"})
 _KNOWN_DELTA = frozenset({"role", "content"})
 
 
@@ -37,20 +34,13 @@ class QwenV1:
     models_path = "/api/models"
     chat_path = "/api/chat/completions"
 
-    def chat_body(self, request: ChatRequest) -> dict[str, Any]:
+    async def prepare(self, request: ChatRequest, options: ChatOptions, post_json: PostJson) -> UpstreamCall:
         """Forward the client body, unknown fields included (§2.2)."""
-        body = {k: v for k, v in request.body.items() if k not in _RELAY_ONLY}
-        body["model"] = request.model
-        body["stream"] = request.stream
-        body["messages"] = [_upstream_message(m) for m in request.messages]
-        limit = request.body.get("max_completion_tokens")
-        if "max_tokens" not in body and isinstance(limit, int):
-            body["max_tokens"] = limit
-        return body
+        return UpstreamCall(self.chat_path, base_body(request, options), stream=request.stream)
 
     def stream_frames(self, payloads: AsyncIterable[dict[str, Any]],
                       stats: StreamStats) -> AsyncIterator[Frame]:
-        return deaccumulate(_frames(payloads), stats)
+        return _append_sources(split_think(deaccumulate(_frames(payloads, stats), stats)), stats)
 
     def completion(self, payload: Any) -> Completion:
         if not isinstance(payload, dict):
@@ -60,15 +50,18 @@ class QwenV1:
         choices = payload.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else None
         message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
+        if not isinstance(message, dict) or not isinstance(choice, dict):
             _, detail = describe_error(payload.get("detail") or payload)
             raise UpstreamProtocolError(f"The upstream answer has no choices[0].message ({detail}).")
         content = message.get("content")
-        finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+        splitter = ThinkSplitter()
+        reasoning, text = splitter.feed(content if isinstance(content, str) else "")
+        held_reasoning, held_text = splitter.flush()
+        finish = choice.get("finish_reason")
         extra = {k: v for k, v in message.items() if k not in _KNOWN_DELTA}
         return Completion(
-            content=content if isinstance(content, str) else "",
-            reasoning="",
+            content=text + held_text,
+            reasoning=reasoning + held_reasoning,
             finish_reason=finish if isinstance(finish, str) else "stop",
             usage=usage_from_upstream(payload.get("usage")),
             message_extra=extra or None,
@@ -77,15 +70,39 @@ class QwenV1:
     def models(self, payload: Any) -> list[dict[str, Any]]:
         return model_entries(payload)
 
+    def stop_call(self, call: UpstreamCall, response_id: str) -> UpstreamCall | None:
+        return None  # v1 has no stop endpoint: closing the connection is the stop
 
-def _upstream_message(message: dict[str, Any]) -> dict[str, Any]:
+
+def upstream_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # Qwen Chat knows no "developer" role; relays rewrite it to "system" (§2.2).
-    if message.get("role") == "developer":
-        return {**message, "role": "system"}
-    return message
+    return [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
 
 
-async def _frames(payloads: AsyncIterable[dict[str, Any]]) -> AsyncIterator[Frame]:
+def base_body(request: ChatRequest, options: ChatOptions) -> dict[str, Any]:
+    """The v1-path body: the client's fields plus model, stream, thinking and search."""
+    body = {k: v for k, v in request.body.items() if k not in RELAY_ONLY_FIELDS}
+    body["model"] = options.upstream_model
+    body["stream"] = request.stream
+    messages = upstream_messages(request.messages)
+    limit = request.body.get("max_completion_tokens")
+    if "max_tokens" not in body and isinstance(limit, int):
+        body["max_tokens"] = limit
+    if options.search:
+        body["chat_type"] = "search"
+    if options.thinking is not None or options.search:
+        last = dict(messages[-1])
+        last["chat_type"] = "search" if options.search else "t2t"
+        config = dict(last.get("feature_config") or {})
+        if options.thinking is not None:
+            config["thinking_enabled"] = options.thinking
+        last["feature_config"] = config
+        messages = [*messages[:-1], last]
+    body["messages"] = messages
+    return body
+
+
+async def _frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -> AsyncIterator[Frame]:
     """Normalise v1 payloads; ``content`` stays cumulative for ``deaccumulate``."""
     async with closing_source(payloads):
         async for payload in payloads:
@@ -106,6 +123,10 @@ async def _frames(payloads: AsyncIterable[dict[str, Any]]) -> AsyncIterator[Fram
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 delta = {}
+            if delta.get("name") == "web_search":
+                info = (delta.get("extra") or {}).get("web_search_info")
+                stats.sources.extend(item for item in info or () if isinstance(item, dict))
+                continue  # not answer text: kept out of the cumulative count
             content = delta.get("content")
             finish = choice.get("finish_reason")
             extra = None
@@ -117,3 +138,15 @@ async def _frames(payloads: AsyncIterable[dict[str, Any]]) -> AsyncIterator[Fram
                 usage=usage,
                 extra=extra,
             )
+
+
+async def _append_sources(frames: AsyncIterable[Frame], stats: StreamStats) -> AsyncIterator[Frame]:
+    """After the answer, the web-search sources as a short list (never lost)."""
+    async with closing_source(frames):
+        async for frame in frames:
+            if frame.finish_reason is not None and stats.sources:
+                frame.content += sources_text(stats.sources)
+                stats.sources.clear()
+            yield frame
+    if stats.sources:
+        yield Frame(content=sources_text(stats.sources))

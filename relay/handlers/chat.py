@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from functools import partial
 
 from aiohttp import web
 
-from ..dialects import Completion, Dialect
+from ..dialects import Completion, Dialect, UpstreamCall
 from ..errors import UpstreamProtocolError
 from ..keys import CONFIG, DIALECT, GATE, METRICS, UPSTREAM
 from ..middleware import INFO, RequestInfo
@@ -22,9 +23,10 @@ from ..openai_wire import (
     parse_json_body,
 )
 from ..pipeline import SseEncoder, StreamStats, aggregate, closing_source, encode_sse, upstream_payloads
+from ..pipeline.think import THINK_CLOSE, THINK_OPEN, reasoning_as_content
 from ..upstream import UpstreamResponse
 from .common import bearer_token, json_response, read_body
-from .models import check_model
+from .models import resolve_request
 
 __all__ = ["chat_completions"]
 
@@ -41,25 +43,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     token = bearer_token(request)
     chat = parse_chat_request(parse_json_body(await read_body(request)))
     info.model, info.stream = chat.model, chat.stream
-    await check_model(request, token, chat.model)
+    options = await resolve_request(request, token, chat)
     app = request.app
-    dialect = app[DIALECT]
-    async with (
-        app[GATE].slot(),
-        app[UPSTREAM].open("POST", dialect.chat_path, token=token,
-                           json_body=dialect.chat_body(chat), stream=chat.stream) as upstream,
-    ):
-        info.upstream_attempts = upstream.attempts
-        if chat.stream:
-            return await _relay_stream(request, info, upstream, dialect, chat)
-        completion = await _read_completion(request, upstream, dialect)
+    client, dialect = app[UPSTREAM], app[DIALECT]
+    async with app[GATE].slot():
+        call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
+        async with client.open("POST", call.path, token=token, json_body=call.body,
+                               stream=call.stream) as upstream:
+            info.upstream_attempts = upstream.attempts
+            if chat.stream:
+                return await _relay_stream(request, info, upstream, dialect, chat, call, token)
+            completion = await _read_completion(request, upstream, dialect)
     if not completion.content and completion.finish_reason != "length":
         raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
+    content, reasoning = completion.content, completion.reasoning
+    if reasoning and app[CONFIG].reasoning_in_content:
+        content, reasoning = f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n\n{content}", ""
     usage = completion.usage or estimate_usage(chat.messages, len(completion.content))
     body = completion_object(
-        completion_id=new_completion_id(), created=now(), model=chat.model,
-        content=completion.content, reasoning=completion.reasoning,
-        finish_reason=completion.finish_reason, usage=usage, message_extra=completion.message_extra,
+        completion_id=new_completion_id(), created=now(), model=chat.model, content=content,
+        reasoning=reasoning, finish_reason=completion.finish_reason, usage=usage,
+        message_extra=completion.message_extra,
     )
     response = await json_response(request, _dumps(body))
     info.bytes_out = response.content_length or 0
@@ -70,7 +74,7 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
     max_bytes = request.app[CONFIG].limits.max_line_bytes
     if upstream.content_type != "text/event-stream":
         return dialect.completion(await upstream.read_json(max_bytes))
-    # The upstream streamed although we asked for one body: aggregate the stream.
+    # The upstream streams (qwen-v2 always does): aggregate the stream.
     stats = StreamStats()
     frames = dialect.stream_frames(upstream_payloads(upstream.iter_bytes(), max_bytes, stats), stats)
     content, reasoning, finish, usage = await aggregate(frames)
@@ -78,8 +82,9 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
 
 
 async def _relay_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
-                        dialect: Dialect, chat: ChatRequest) -> web.StreamResponse:
-    """Peek the first frame (errors so far still get a JSON status), then stream."""
+                        dialect: Dialect, chat: ChatRequest, call: UpstreamCall,
+                        token: str) -> web.StreamResponse:
+    """Stream the answer; on the way out, record metrics and stop an abandoned upstream."""
     stats = StreamStats()
     started = time.perf_counter()
     try:
@@ -90,17 +95,23 @@ async def _relay_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         metrics.divergences += stats.divergences
         metrics.garbage_events += stats.garbage
         metrics.client_disconnects += info.client_gone
+        stop = dialect.stop_call(call, stats.response_id) if info.client_gone and stats.response_id else None
+        if stop is not None:
+            request.app[UPSTREAM].post_in_background(stop.path, stop.body, token=token, event="upstream_stopped")
 
 
 async def _write_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
                         dialect: Dialect, chat: ChatRequest, stats: StreamStats) -> web.StreamResponse:
+    """Peek the first frame (errors so far still get a JSON status), then stream."""
     config = request.app[CONFIG]
     if upstream.content_type == "application/json":
-        # An upstream error body with a 2xx status, where a stream was expected.
+        # An error body with a 2xx status, where a stream was expected.
         dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
         raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
     payloads = upstream_payloads(upstream.iter_bytes(), config.limits.max_line_bytes, stats)
     frames = dialect.stream_frames(payloads, stats)
+    if config.reasoning_in_content:
+        frames = reasoning_as_content(frames)
     async with closing_source(frames):
         first = await anext(frames, None)
         if first is None:
@@ -127,6 +138,4 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
 
 
 def _dumps(payload: object) -> bytes:
-    import json
-
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")

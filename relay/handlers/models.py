@@ -6,14 +6,16 @@ from typing import Any
 
 from aiohttp import web
 
-from ..dialects import Dialect
+from ..dialects import ChatOptions, Dialect
+from ..dialects.options import resolve_options
 from ..errors import AuthenticationFailed, ModelNotFound, RelayError
 from ..keys import MODELS
 from ..models_cache import Fetch
+from ..openai_wire import ChatRequest
 from ..upstream import UpstreamClient
 from .common import bearer_token, json_response
 
-__all__ = ["check_model", "fetcher", "list_models"]
+__all__ = ["fetcher", "list_models", "resolve_request"]
 
 #: a model list is small; this only stops a broken upstream from filling memory.
 MODELS_MAX_BYTES = 16 * 1024 * 1024
@@ -35,9 +37,10 @@ def fetcher(client: UpstreamClient, dialect: Dialect) -> Fetch:
     return fetch
 
 
-async def check_model(request: web.Request, token: str, model: str) -> None:
-    """404 ``model_not_found`` for a model the caller's account does not offer.
+async def resolve_request(request: web.Request, token: str, chat: ChatRequest) -> ChatOptions:
+    """Check the model against the caller's list and resolve thinking/search switches.
 
+    404 ``model_not_found`` for a model the caller's account does not offer.
     Fails open: when the list cannot be fetched for another reason than the
     token, the upstream decides about the model itself.
     """
@@ -46,7 +49,8 @@ async def check_model(request: web.Request, token: str, model: str) -> None:
     except AuthenticationFailed:
         raise
     except RelayError:
-        return
-    if model not in entry.ids:
-        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it. "
+        return resolve_options(chat, {})
+    if chat.model not in entry.ids:
+        raise ModelNotFound(f"The model `{chat.model}` does not exist or you do not have access to it. "
                             "GET /v1/models lists the ids you can use.", param="model")
+    return resolve_options(chat, entry.variants)

@@ -35,4 +35,8 @@ class StreamStats:
     content_chars: int = 0
     reasoning_chars: int = 0
     bytes_out: int = 0
+    #: qwen-v2's ``response.created`` id, needed to stop generation.
+    response_id: str | None = None
+    #: web-search results seen so far (qwen-v1), appended to the answer at its end.
+    sources: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from ..config import Config
-from ..dialects.common import describe_error
+from ..dialects.common import describe_error, error_from_payload
 from ..errors import (
     AuthenticationFailed,
     RelayError,
@@ -51,6 +51,8 @@ BROWSER_HEADERS = {
     "Accept-Language": "en-US,en;q=0.9",
 }
 _ERROR_BODY_BYTES = 64 * 1024
+#: bounds a chat-creation or stop answer: a few hundred bytes in practice.
+_SMALL_JSON_BYTES = 1024 * 1024
 _CHALLENGE_MARKERS = (b"aliyun_waf", b"FAIL_SYS_USER_VALIDATE", b"RGV587_ERROR", b"punish", b"x5sec", b"baxia")
 
 
@@ -132,14 +134,41 @@ class UpstreamClient:
         self._origin = origin.rstrip("/")
         self._config = config
         self._metrics = metrics if metrics is not None else Metrics()
+        # The web app's own Origin/Referer and "source" (§1 [C]); the original sent none.
+        self._headers = {**BROWSER_HEADERS, "Origin": self._origin, "Referer": self._origin + "/",
+                         "source": "web", **dict(config.upstream_headers)}
         #: responses being read right now, so a drain can end them at its deadline.
         self._open: set[UpstreamResponse] = set()
+        self._background: set[asyncio.Task[None]] = set()
         timeout_s = config.timeouts.upstream_s
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
 
     @property
     def origin(self) -> str:
         return self._origin
+
+    async def post_json(self, path: str, body: dict[str, Any], *, token: str) -> Any:
+        """POST a JSON body and return the decoded JSON answer (e.g. qwen-v2 chat creation)."""
+        async with self.open("POST", path, token=token, json_body=body) as response:
+            return await response.read_json(_SMALL_JSON_BYTES)
+
+    def post_in_background(self, path: str, body: dict[str, Any], *, token: str, event: str) -> None:
+        """Fire a short request that nobody waits for (the stop request after a client left).
+
+        Runs as its own task, because the handler that wants it is being
+        cancelled; tasks are kept referenced until done, failures only logged.
+        """
+        async def send() -> None:
+            try:
+                async with asyncio.timeout(self._config.timeouts.upstream_s):
+                    await self.post_json(path, body, token=token)
+                _log.info(event)
+            except (RelayError, TimeoutError) as exc:
+                _log.warning(event + "_failed", extra={"fields": {"error": type(exc).__name__}})
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def abort_all(self, error: RelayError) -> int:
         """Abort every response still being read; return how many there were."""
@@ -160,7 +189,7 @@ class UpstreamClient:
         """
         timeouts = self._config.timeouts
         attempts = self._config.retries
-        headers = {**BROWSER_HEADERS, "Authorization": f"Bearer {token}",
+        headers = {**self._headers, "Authorization": f"Bearer {token}",
                    "Accept": "text/event-stream" if stream else "application/json"}
         data = None
         if json_body is not None:
@@ -225,6 +254,10 @@ class UpstreamClient:
 
     async def _check(self, response: aiohttp.ClientResponse) -> None:
         status = response.status
+        actual = response.headers.get("x-actual-status-code", "")
+        if 200 <= status < 300 and actual.isdigit() and int(actual) >= 400:
+            # qwen-v2 sends JSON errors as HTTP 200 with the real status here (§4.5).
+            status = int(actual)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if 200 <= status < 300:
             if response.content_type == "text/html":
@@ -240,6 +273,12 @@ class UpstreamClient:
                 raise _Retryable(_challenge(head, status))
             raise _Retryable(UpstreamUnavailable(
                 f"The upstream failed with HTTP {status} on every attempt ({_detail(head)})."), retry_after)
+        v2_error = _v2_error(head)
+        if v2_error is not None and status < 500:
+            mapped = error_from_payload(v2_error, status)
+            if isinstance(mapped, UpstreamRateLimited) and retry_after is not None:
+                mapped.retry_after_s = retry_after
+            raise mapped
         if status in (401, 403):
             raise AuthenticationFailed(
                 f"Qwen Chat rejected the token (HTTP {status}: {_detail(head)}). Sign in to Qwen Chat "
@@ -273,6 +312,18 @@ def _detail(body: bytes) -> str:
                 code, message = describe_error(payload[key])
                 return f"{code}: {message}" if code and message else (message or code or "no details")
     return "no details"
+
+
+def _v2_error(body: bytes) -> dict[str, Any] | None:
+    """The ``data`` of a qwen-v2 ``{"success": false, "data": {"code": ...}}`` body."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(payload, dict) and payload.get("success") is False and isinstance(payload.get("data"), dict):
+        data: dict[str, Any] = payload["data"]
+        return data
+    return None
 
 
 def _is_challenge(body: bytes) -> bool:

@@ -5,12 +5,13 @@ errors, the non-stream answer and the model list.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from relay.dialects import get_dialect
+from relay.dialects import ChatOptions, get_dialect
 from relay.dialects.qwen_v1 import QwenV1
 from relay.errors import (
     AuthenticationFailed,
@@ -18,10 +19,23 @@ from relay.errors import (
     UpstreamProtocolError,
     UpstreamRateLimited,
 )
-from relay.openai_wire import parse_chat_request
+from relay.openai_wire import ChatRequest, parse_chat_request
 from relay.pipeline import Frame, StreamStats
 
 V1 = QwenV1()
+
+
+async def _no_post(path: str, body: dict[str, Any]) -> Any:
+    raise AssertionError(f"qwen-v1 makes no preparatory upstream call (asked for {path})")
+
+
+def chat_body(chat: ChatRequest) -> dict[str, Any]:
+    """The upstream body qwen-v1 builds for ``chat`` with no thinking/search switch."""
+    return asyncio.run(prepared_body(chat))
+
+
+async def prepared_body(chat: ChatRequest) -> dict[str, Any]:
+    return (await V1.prepare(chat, ChatOptions(upstream_model=chat.model), _no_post)).body
 
 
 def request(**fields: Any) -> Any:
@@ -62,14 +76,14 @@ def test_registered_as_qwen_v1() -> None:
 
 def test_chat_body_keeps_unknown_fields() -> None:
     """Fields the relay does not know (chat_type, id, incremental_output…) reach the upstream."""
-    body = V1.chat_body(request(chat_type="search", id="abc", temperature=0.2, session_id="s"))
+    body = chat_body(request(chat_type="search", id="abc", temperature=0.2, session_id="s"))
     assert (body["chat_type"], body["id"], body["temperature"], body["session_id"]) == ("search", "abc", 0.2, "s")
     assert body["model"] == "qwen-max-latest" and body["stream"] is False
 
 
 def test_chat_body_drops_stream_options() -> None:
     """stream_options is the relay's business (usage chunk), never forwarded."""
-    body = V1.chat_body(request(stream=True, stream_options={"include_usage": True}))
+    body = chat_body(request(stream=True, stream_options={"include_usage": True}))
     assert "stream_options" not in body
     assert body["stream"] is True
 
@@ -79,7 +93,7 @@ def test_chat_body_maps_developer_role_to_system() -> None:
     own message objects are left alone."""
     messages = [{"role": "developer", "content": "be brief", "name": "d"}, {"role": "user", "content": "hi"}]
     req = request(messages=messages)
-    body = V1.chat_body(req)
+    body = chat_body(req)
     assert body["messages"] == [{"role": "system", "content": "be brief", "name": "d"},
                                 {"role": "user", "content": "hi"}]
     assert req.messages[0]["role"] == "developer", "the client's request is not mutated"
@@ -87,20 +101,20 @@ def test_chat_body_maps_developer_role_to_system() -> None:
 
 def test_chat_body_maps_max_completion_tokens_to_max_tokens() -> None:
     """max_completion_tokens becomes max_tokens (the field §2.2 knows) and is not forwarded itself."""
-    body = V1.chat_body(request(max_completion_tokens=256))
+    body = chat_body(request(max_completion_tokens=256))
     assert body["max_tokens"] == 256
     assert "max_completion_tokens" not in body
 
 
 def test_chat_body_max_tokens_wins_over_max_completion_tokens() -> None:
     """When the client sends both, its max_tokens is kept."""
-    body = V1.chat_body(request(max_tokens=100, max_completion_tokens=256))
+    body = chat_body(request(max_tokens=100, max_completion_tokens=256))
     assert body["max_tokens"] == 100 and "max_completion_tokens" not in body
 
 
 def test_chat_body_without_limit_has_no_max_tokens() -> None:
     """max_tokens is only sent when the client gave one (§2.2)."""
-    assert "max_tokens" not in V1.chat_body(request())
+    assert "max_tokens" not in chat_body(request())
 
 
 @pytest.mark.parametrize("incremental_output", [True, False, None])
@@ -110,7 +124,7 @@ async def test_client_incremental_output_does_not_break_the_answer(incremental_o
     must still get the exact answer: either the field is not forwarded, or the
     stream is then not deaccumulated. (Modelled on the emulator, which honours
     the field the same way.)"""
-    body = V1.chat_body(request(stream=True, incremental_output=incremental_output))
+    body = await prepared_body(request(stream=True, incremental_output=incremental_output))
     pieces = ["Hel", "lo", " wor", "ld"]
     sent = pieces if body.get("incremental_output") is True else ["Hel", "Hello", "Hello wor", "Hello world"]
     out = await frames(*(delta(text) for text in sent))
@@ -140,12 +154,19 @@ async def test_stream_frames_keeps_finish_reason_and_maps_usage() -> None:
 
 
 async def test_stream_frames_passes_unknown_delta_fields_as_extra() -> None:
-    """A web-search delta (``name``, ``extra``) reaches the client as extra fields."""
-    info = {"web_search_info": [{"title": "t", "url": "https://example.com"}]}
+    """An unknown delta field reaches the client as an extra field."""
+    out = await frames(delta("Ans", audio={"id": "a1"}), delta("Answer"))
+    assert out[0].extra == {"audio": {"id": "a1"}}
+    assert out[1].content == "wer" and out[1].extra is None
+
+
+async def test_web_search_results_become_a_sources_list_after_the_answer() -> None:
+    """§2.3: the ``web_search`` delta is not answer text; its sources follow the answer."""
+    info = {"web_search_info": [{"title": "T", "url": "https://example.com"}]}
     out = await frames(delta("", name="web_search", extra=info), delta("Answer"))
-    assert out[0].extra == {"name": "web_search", "extra": info}
-    assert out[0].content == ""
-    assert out[1].content == "Answer" and out[1].extra is None
+    text = "".join(f.content for f in out)
+    assert text.startswith("Answer")
+    assert "Sources:" in text and "[T](https://example.com)" in text
 
 
 async def test_stream_frames_skips_payloads_without_choices() -> None:
@@ -269,9 +290,14 @@ def test_models_of_v2_wrapped_data() -> None:
     assert V1.models({"success": True, "request_id": "r", "data": {"data": MODEL_ENTRIES}}) == MODEL_ENTRIES
 
 
-@pytest.mark.parametrize("payload", [{}, {"data": None}, {"data": {"items": []}}, [], "x",
-                                     {"success": False, "data": {"code": "Unauthorized"}}])
+@pytest.mark.parametrize("payload", [{}, {"data": None}, {"data": {"items": []}}, [], "x"])
 def test_models_without_data_array_is_a_protocol_error(payload: Any) -> None:
     """No ``data`` array anywhere: UpstreamProtocolError."""
     with pytest.raises(UpstreamProtocolError):
         V1.models(payload)
+
+
+def test_models_unsuccessful_v2_body_maps_its_error_code() -> None:
+    """``{"success": false, "data": {"code": "Unauthorized"}}`` is the token's fault: 401, not 502."""
+    with pytest.raises(AuthenticationFailed):
+        V1.models({"success": False, "data": {"code": "Unauthorized"}})

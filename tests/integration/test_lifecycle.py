@@ -62,7 +62,7 @@ async def _open_stream(session: aiohttp.ClientSession, url: str, reply: str, del
 async def test_sigterm_lets_open_streams_finish_then_exits_zero(
         emulator: RunningEmulator, processes: list[RelayProcess]) -> None:
     """Drain: healthz turns 503, new requests are refused, open streams complete, exit 0."""
-    relay = await _start("--upstream", emulator.url, "--drain-timeout", "20")
+    relay = await _start("--upstream", emulator.url, "--dialect", "qwen-v1", "--drain-timeout", "20")
     processes.append(relay)
     reply = "one two three four five six"
     # One kept-alive connection, opened before the signal: the listener closes at
@@ -97,7 +97,7 @@ async def test_sigterm_lets_open_streams_finish_then_exits_zero(
 async def test_drain_deadline_ends_streams_with_error_event_and_done(
         emulator: RunningEmulator, processes: list[RelayProcess]) -> None:
     """Streams still open at --drain-timeout end with an error event, then [DONE]."""
-    relay = await _start("--upstream", emulator.url, "--drain-timeout", "0.5")
+    relay = await _start("--upstream", emulator.url, "--dialect", "qwen-v1", "--drain-timeout", "0.5")
     processes.append(relay)
     async with aiohttp.ClientSession() as session:
         body = chat_body(stream=True, text=directive(reply="never finished", fault="stall_mid", after=1))

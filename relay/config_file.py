@@ -1,0 +1,109 @@
+"""``--config FILE``: settings and upstream headers from a TOML file.
+
+Operators follow Qwen Chat's changes (a new ``bx-v``, a WAF cookie, another
+User-Agent) by editing a file instead of waiting for a release (issue 4). The
+``[relay]`` table takes any flag by its long name (``max_concurrency = 200``);
+precedence is flag > env var > file > default. A malformed file is rejected at
+start with the line and the field, never half-applied.
+
+    [relay]
+    dialect = "qwen-v2"
+    max_concurrency = 200
+
+    [upstream]
+    cookies = "ssxmod_itna=…"          # sent as the Cookie header
+
+    [upstream.headers]
+    "bx-v" = "2.5.36"
+    "User-Agent" = "Mozilla/5.0 …"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigFile", "ConfigFileError", "load_config_file"]
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: headers the relay sets per request; a file must not override them.
+_RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host", "accept"})
+
+
+class ConfigFileError(ValueError):
+    """A config file problem, with where it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    #: flag name (underscores) → raw value, still to be parsed like a flag value.
+    settings: dict[str, Any] = field(default_factory=dict)
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _line_of(text: str, key: str) -> str:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    match = pattern.search(text)
+    return f"line {text.count(chr(10), 0, match.start()) + 1}, " if match else ""
+
+
+def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
+    """Read and check the whole file before anything of it is used."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"{path}: not UTF-8 text") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path}: invalid TOML: {exc}") from exc
+
+    def fail(key: str, message: str) -> ConfigFileError:
+        return ConfigFileError(f"{path}: {_line_of(text, key.rsplit('.', 1)[-1])}{key}: {message}")
+
+    unknown_tables = set(data) - {"relay", "upstream"}
+    if unknown_tables:
+        name = min(unknown_tables)
+        raise fail(name, "unknown table (expected [relay] and [upstream])")
+    settings: dict[str, Any] = {}
+    relay = data.get("relay", {})
+    if not isinstance(relay, dict):
+        raise fail("relay", "must be a table")
+    for key, value in relay.items():
+        name = key.replace("-", "_")
+        if name not in known_settings:
+            raise fail(f"relay.{key}", "unknown setting")
+        if isinstance(value, dict | list):
+            raise fail(f"relay.{key}", "must be a string, number or boolean")
+        settings[name] = value
+    upstream = data.get("upstream", {})
+    if not isinstance(upstream, dict):
+        raise fail("upstream", "must be a table")
+    headers: list[tuple[str, str]] = []
+    for key, value in upstream.items():
+        if key == "headers":
+            if not isinstance(value, dict):
+                raise fail("upstream.headers", "must be a table of header names to values")
+            for name, header_value in value.items():
+                headers.append(_header(fail, name, header_value))
+        elif key == "cookies":
+            headers.append(_header(fail, "Cookie", value, key="upstream.cookies"))
+        else:
+            raise fail(f"upstream.{key}", "unknown setting (expected headers or cookies)")
+    return ConfigFile(settings=settings, headers=tuple(headers))
+
+
+def _header(fail: Any, name: str, value: Any, key: str | None = None) -> tuple[str, str]:
+    where = key or f"upstream.headers.{name}"
+    if not _HEADER_NAME.match(name):
+        raise fail(where, "not a valid HTTP header name")
+    if name.lower() in _RESERVED_HEADERS:
+        raise fail(where, "set by the relay itself; cannot be overridden")
+    if not isinstance(value, str) or "\r" in value or "\n" in value:
+        raise fail(where, "must be a one-line string")
+    return name, value
