@@ -23,7 +23,7 @@ from ..openai_wire import (
     parse_json_body,
 )
 from ..pipeline import SseEncoder, StreamStats, aggregate, closing_source, encode_sse, upstream_payloads
-from ..pipeline.think import THINK_CLOSE, THINK_OPEN, reasoning_as_content
+from ..pipeline.think import THINK_CLOSE, THINK_OPEN, drop_reasoning, reasoning_as_content
 from ..upstream import UpstreamResponse
 from .common import bearer_token, json_response, read_body
 from .models import resolve_request
@@ -52,11 +52,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                                stream=call.stream) as upstream:
             info.upstream_attempts = upstream.attempts
             if chat.stream:
-                return await _relay_stream(request, info, upstream, dialect, chat, call, token)
+                return await _relay_stream(request, info, upstream, dialect, chat, call, token,
+                                           options.thinking is False)
             completion = await _read_completion(request, upstream, dialect)
     if not completion.content and completion.finish_reason != "length":
         raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
     content, reasoning = completion.content, completion.reasoning
+    if options.thinking is False:
+        reasoning = ""  # the client turned thinking off: none of it, in any field
     if reasoning and app[CONFIG].reasoning_in_content:
         content, reasoning = f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n\n{content}", ""
     usage = completion.usage or estimate_usage(chat.messages, len(completion.content))
@@ -83,12 +86,12 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
 
 async def _relay_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
                         dialect: Dialect, chat: ChatRequest, call: UpstreamCall,
-                        token: str) -> web.StreamResponse:
+                        token: str, no_reasoning: bool) -> web.StreamResponse:
     """Stream the answer; on the way out, record metrics and stop an abandoned upstream."""
     stats = StreamStats()
     started = time.perf_counter()
     try:
-        return await _write_stream(request, info, upstream, dialect, chat, stats)
+        return await _write_stream(request, info, upstream, dialect, chat, stats, no_reasoning)
     finally:
         metrics = request.app[METRICS]
         metrics.stream_duration.observe(time.perf_counter() - started)
@@ -101,7 +104,8 @@ async def _relay_stream(request: web.Request, info: RequestInfo, upstream: Upstr
 
 
 async def _write_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
-                        dialect: Dialect, chat: ChatRequest, stats: StreamStats) -> web.StreamResponse:
+                        dialect: Dialect, chat: ChatRequest, stats: StreamStats,
+                        no_reasoning: bool) -> web.StreamResponse:
     """Peek the first frame (errors so far still get a JSON status), then stream."""
     config = request.app[CONFIG]
     if upstream.content_type == "application/json":
@@ -110,7 +114,9 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
     payloads = upstream_payloads(upstream.iter_bytes(), config.limits.max_line_bytes, stats)
     frames = dialect.stream_frames(payloads, stats)
-    if config.reasoning_in_content:
+    if no_reasoning:
+        frames = drop_reasoning(frames)
+    elif config.reasoning_in_content:
         frames = reasoning_as_content(frames)
     async with closing_source(frames):
         first = await anext(frames, None)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from ._util import closing_source
 from .frames import Frame
 
-__all__ = ["THINK_CLOSE", "THINK_OPEN", "ThinkSplitter", "reasoning_as_content", "split_think"]
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "ThinkSplitter", "drop_reasoning", "reasoning_as_content", "split_think"]
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -94,6 +94,21 @@ async def split_think(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
         reasoning, content = splitter.flush()
         if reasoning or content:
             yield Frame(content=content, reasoning=reasoning)
+
+
+async def drop_reasoning(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
+    """Discard reasoning: the client turned thinking off (``enable_thinking: false``).
+
+    An upstream model may think anyway (QwQ always does); the client asked for
+    none of it, so none of it reaches the client, in any field.
+    """
+    async with closing_source(frames):
+        async for frame in frames:
+            if frame.reasoning:
+                frame.reasoning = ""
+                if not (frame.content or frame.finish_reason or frame.usage or frame.extra):
+                    continue
+            yield frame
 
 
 async def reasoning_as_content(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
