@@ -1,23 +1,27 @@
-"""An in-process stand-in for the Qwen Chat web service (dialect ``qwen-v1``).
+"""An in-process stand-in for the Qwen Chat web service, in all three dialects.
 
-Used by the relay's tests, its offline demo (``--upstream emulator``) and the
-benchmarks. Tests steer each request with a ``#emulator {...}`` line in a message;
-see ``faults.py`` for the fields and QWEN_PROTOCOL.md §6 for what is reproduced.
+Speaks ``qwen-v1`` (cumulative), ``qwen-phase`` (incremental, phase-tagged, on the
+v1 paths) and ``qwen-v2`` (chats, ``response.created``, thinking summaries, usage,
+200-with-header errors, stop). Used by the relay's tests, its offline demo
+(``--upstream emulator``) and the benchmarks. Tests steer each request with a
+``#emulator {...}`` line in a message (``directive.py``), or arm a fault for a path
+(``EmulatorState.arm``); see QWEN_PROTOCOL.md §6 for what is reproduced.
 """
 
 from relay.emulator.config import EmulatorConfig
-from relay.emulator.faults import FAULTS, Directive, DirectiveError, parse_directive
+from relay.emulator.directive import FAULTS, Directive, DirectiveError, parse_directive
 from relay.emulator.server import (
     EMULATOR_STATE,
     RunningEmulator,
     make_emulator_app,
     start_emulator,
 )
-from relay.emulator.state import EmulatorState, RequestRecord
+from relay.emulator.state import ChatRecord, EmulatorState, RequestRecord
 
 __all__ = [
     "EMULATOR_STATE",
     "FAULTS",
+    "ChatRecord",
     "Directive",
     "DirectiveError",
     "EmulatorConfig",

@@ -18,7 +18,7 @@ from relay.emulator.server import start_emulator
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m relay.emulator",
-        description="Qwen Chat (qwen-v1) emulator with fault injection.",
+        description="Qwen Chat emulator (qwen-v1, qwen-phase, qwen-v2) with fault injection.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument(

@@ -10,14 +10,19 @@ from dataclasses import dataclass
 
 __all__ = ["DEFAULT_MODELS", "EmulatorConfig"]
 
-# Ids seen on chat.qwen.ai in Feb-Mar 2025 (QWEN_PROTOCOL.md §2.1); enough variety to
-# exercise vision and thinking flags without pretending to be the full catalogue.
+# Ids seen on chat.qwen.ai in Feb-Mar 2025 (QWEN_PROTOCOL.md §2.1), then v2-era ids;
+# enough variety to exercise vision, thinking and search flags (catalogue.py)
+# without pretending to be the full catalogue. New ids go last: relay tests pick
+# the first as their default model.
 DEFAULT_MODELS: tuple[str, ...] = (
     "qwen-max-latest",
     "qwen-plus-latest",
     "qwen-turbo-latest",
     "qwq-32b",
     "qwen2.5-coder-32b-instruct",
+    "qwen3-235b-a22b",
+    "qwen3-coder-plus",
+    "qwen3-max",
 )
 
 

@@ -1,131 +1,91 @@
-"""Per-request directives and the faults they can inject.
+"""The error responses the emulator can inject, as plain data.
 
-The relay forwards message text untouched, so a test steers the emulator by putting
-one line ``#emulator {...json...}`` into any message. That keeps the relay unaware of
-the emulator and lets the same test run against a relay in another process.
+Directive parsing lives in ``directive.py`` and is re-exported here, where the first
+emulator version defined it. Nothing here does I/O; the server turns
+:class:`HttpFault` into a response.
 
-Parsing is strict: an unknown field or a wrong type is a 400 naming the field, so a
-typo in a test shows up as a clear failure instead of a silently ignored fault.
-Nothing here does I/O; ``server.py`` turns :class:`HttpFault` into a response.
+Two error styles exist: the Open-WebUI ``{"detail": …}`` of qwen-v1 (§2.5, [I]) and
+the v2 envelope ``{"success": false, "request_id", "data": {"code", "details"}}``
+sent with HTTP 200 and the real status in ``x-actual-status-code`` (§4.5, [C]).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
+
+from relay.emulator.directive import (
+    DIRECTIVE_LINE,
+    FAULTS,
+    HTTP_FAULTS,
+    NO_DIRECTIVE,
+    STREAM_FAULTS,
+    Directive,
+    DirectiveError,
+    build_directive,
+    parse_directive,
+    strip_directives,
+)
 
 __all__ = [
+    "ACTUAL_STATUS_HEADER",
     "DIRECTIVE_LINE",
     "FAULTS",
+    "GATEWAY_FIELDS",
     "HTTP_FAULTS",
+    "IN_STREAM_ERROR",
     "NO_DIRECTIVE",
+    "SLOW_DRIBBLE_DELAY_MS",
     "STREAM_FAULTS",
     "UNAUTHORIZED_DETAIL",
     "Directive",
     "DirectiveError",
     "HttpFault",
+    "build_gateway_directive",
+    "error_event",
     "http_fault",
     "parse_directive",
     "strip_directives",
+    "v2_error_body",
+    "v2_status_for",
 ]
 
-DIRECTIVE_LINE = re.compile(r"^#emulator (\{.*\})\s*$")
-
 UNAUTHORIZED_DETAIL = "Your session has expired or the token is invalid. Please sign in again."
-
-# Faults answered instead of a completion, before any stream starts.
-HTTP_FAULTS = frozenset(
-    {
-        "html_challenge",
-        "http_500",
-        "http_502",
-        "http_503",
-        "http_500_empty",
-        "http_401",
-        "http_403",
-        "http_429",
-    }
-)
-# Faults that shape an SSE stream (or delay a non-stream answer).
-STREAM_FAULTS = frozenset(
-    {
-        "stall_headers",
-        "stall_mid",
-        "reset_mid",
-        "oversized_line",
-        "in_stream_error",
-        "slow_dribble",
-    }
-)
-FAULTS = HTTP_FAULTS | STREAM_FAULTS | {"stall_before"}
-
-# 2 MiB: well past any sane per-line limit of a relay, yet quick to send in a test.
-DEFAULT_OVERSIZED_LINE_BYTES = 2 * 1024 * 1024
-# A cap so a typo cannot make the emulator allocate gigabytes.
-MAX_OVERSIZED_LINE_BYTES = 64 * 1024 * 1024
+ACTUAL_STATUS_HEADER = "x-actual-status-code"
 # slow_dribble's gap: slow enough to notice, fast enough for an idle timeout test.
 SLOW_DRIBBLE_DELAY_MS = 200.0
+# The v1 in-stream error of the first emulator version, kept byte for byte.
+IN_STREAM_ERROR: Mapping[str, Any] = {"error": {"code": "Bad_Request", "details": "internal error"}}
 
-Split = Literal["event", "byte", "coalesce"]
-Rewrite = Literal["change", "shrink"]
-
-
-class DirectiveError(ValueError):
-    """A directive line that cannot be honoured; answered 400 with its message."""
-
-
-@dataclass(frozen=True, slots=True)
-class Directive:
-    """Everything one request asked for; defaults mean "behave like the real service"."""
-
-    source: Mapping[str, Any]
-    reply: str | None = None
-    think: str | None = None
-    chunks: int | None = None
-    pieces: tuple[str, ...] | None = None
-    delay_ms: float | None = None
-    ttfb_ms: float = 0.0
-    done: bool = True
-    line_ending: str = "\n"
-    split: Split = "event"
-    keepalive: bool = False
-    trailing_space: bool = False
-    repeat_identical: bool = False
-    rewrite: Rewrite | None = None
-    garbage: bool = False
-    usage: bool | None = None
-    key: str | None = None
-    fail_times: int | None = None
-    fault: str | None = None
-    retry_after: float | None = None
-    stall_ms: float | None = None
-    after: int = 1
-    size: int = DEFAULT_OVERSIZED_LINE_BYTES
-
-    @property
-    def stall_s(self) -> float | None:
-        """Length of an injected stall in seconds; None means until the client leaves."""
-        return None if self.stall_ms is None else self.stall_ms / 1000
-
-    def counter_key(self) -> str | None:
-        """Name the fail-times counter this request shares with its retries.
-
-        An explicit ``key`` wins. Without one, a directive that sets ``fail_times``
-        is keyed on its own canonical JSON: a relay retry resends the same text.
-        """
-        if self.key is not None:
-            return "key:" + self.key
-        if self.fail_times is not None:
-            return "directive:" + json.dumps(self.source, sort_keys=True)
-        return None
-
-
-# What a request without a directive gets: the service behaving normally.
-NO_DIRECTIVE = Directive(source=MappingProxyType({}))
+# [I] The real status behind each v2 code; only Unauthorized/RateLimited are captured.
+_V2_STATUS = {
+    "Unauthorized": 401,
+    "unauthorized": 401,
+    "Bad_Request": 400,
+    "Not_Found": 404,
+    "CHAT_NOT_FOUND": 404,
+    "RateLimited": 429,
+    "Too_Many_Requests": 429,
+    "ContextLengthExceeded": 400,
+}
+# [I] Wording is not captured; relays must not depend on it, only on the code.
+_V2_DETAILS = {
+    "Unauthorized": "You have not logged in or your login has expired. Please sign in again.",
+    "unauthorized": "You have not logged in or your login has expired. Please sign in again.",
+    "Bad_Request": "internal error",
+    "Not_Found": "Not Found",
+    "CHAT_NOT_FOUND": "chat not found",
+    "RateLimited": "You have reached the usage limit. Please try again later.",
+    "Too_Many_Requests": "Too many requests. Please try again later.",
+    "ContextLengthExceeded": "The input exceeds the model's context length.",
+}
+# Directive fields that make sense on any path, before auth or a body is read.
+GATEWAY_FIELDS = frozenset(
+    {"fault", "retry_after", "code", "actual_status", "num", "details", "ttfb_ms", "stall_ms"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +114,55 @@ _WAF_PAGE = (
 )
 
 
-def http_fault(name: str, retry_after: float | None = None) -> HttpFault:
-    """Describe the response for one of :data:`HTTP_FAULTS` (§2.5, §6.8)."""
+def v2_status_for(code: str) -> int:
+    """The real HTTP status the service pairs with a v2 error code (500 if unknown)."""
+    return _V2_STATUS.get(code, 500)
+
+
+def v2_error_body(code: str, details: str | None = None, num: int | None = None) -> dict[str, Any]:
+    """Build the v2 error envelope (§4.5 [C]); ``num`` = hours to wait for RateLimited.
+
+    [I] ``num`` sits beside ``code`` inside ``data``: the notes name it, not its place.
+    """
+    data: dict[str, Any] = {"code": code, "details": details or _V2_DETAILS.get(code, "error")}
+    if num is not None:
+        data["num"] = num
+    return {"success": False, "request_id": str(uuid.uuid4()), "data": data}
+
+
+def error_event(directive: Directive) -> dict[str, Any]:
+    """The ``{"error": {...}}`` stream event for this directive (§4.3 [C]).
+
+    ``fault: in_stream_error`` keeps the first version's Bad_Request event;
+    ``stream_error`` names the code (details default per code, or ``details``).
+    """
+    if directive.stream_error is None:
+        return {"error": dict(IN_STREAM_ERROR["error"])}
+    error: dict[str, Any] = {
+        "code": directive.stream_error,
+        "details": directive.details or _V2_DETAILS.get(directive.stream_error, "error"),
+    }
+    if directive.num is not None:
+        error["num"] = directive.num
+    return {"error": error}
+
+
+def http_fault(name: str, retry_after: float | None = None, directive: Directive | None = None) -> HttpFault:
+    """Describe the response for one of :data:`HTTP_FAULTS` (§2.5, §4.5, §6.8)."""
     headers: dict[str, str] = {}
     if retry_after is not None:
         headers["Retry-After"] = _format_seconds(retry_after)
     html = "text/html; charset=utf-8"
-    if name == "html_challenge":
+    if name in ("html_challenge", "waf"):
         # The WAF answers 200: relays broke while parsing, not on the status.
         return HttpFault(200, html, _WAF_PAGE, headers)
+    if name == "v2_error":
+        given = directive if directive is not None else NO_DIRECTIVE
+        code = given.code or "Bad_Request"
+        actual = given.actual_status or v2_status_for(code)
+        headers[ACTUAL_STATUS_HEADER] = str(actual)
+        body = json.dumps(v2_error_body(code, given.details, given.num)).encode()
+        return HttpFault(200, "application/json", body, headers)
     if name == "http_500_empty":
         return HttpFault(500, None, b"", headers)
     reasons = {
@@ -182,6 +182,24 @@ def http_fault(name: str, retry_after: float | None = None) -> HttpFault:
     raise ValueError(f"not an HTTP fault: {name!r}")
 
 
+def build_gateway_directive(raw: Any) -> Directive:
+    """Validate a directive armed for a path (``EmulatorState.arm``).
+
+    A gateway fault is answered before the token is checked or a body read, so only
+    HTTP faults, ``stall_before`` and ``ttfb_ms`` are allowed: they are the ones
+    that also make sense for ``GET /api/models`` or ``POST /api/v2/chats/new``.
+    """
+    if not isinstance(raw, Mapping):
+        raise DirectiveError("an armed directive must be a JSON object")
+    extra = sorted(set(raw) - GATEWAY_FIELDS)
+    if extra:
+        raise DirectiveError(f"field(s) not allowed in an armed directive: {', '.join(extra)}")
+    directive = build_directive(raw)
+    if directive.fault not in (None, "stall_before", *HTTP_FAULTS):
+        raise DirectiveError(f"fault {directive.fault!r} cannot be armed; only HTTP faults and stall_before")
+    return directive
+
+
 def _detail(message: str) -> bytes:
     return json.dumps({"detail": message}).encode()
 
@@ -189,121 +207,3 @@ def _detail(message: str) -> bytes:
 def _format_seconds(value: float) -> str:
     """Render Retry-After as delta-seconds; RFC 9110 allows integers only."""
     return str(max(0, round(value)))
-
-
-def parse_directive(texts: Iterable[str]) -> Directive | None:
-    """Find the last ``#emulator {...}`` line in the given message texts.
-
-    The last one wins so a later turn of a conversation can override an earlier one.
-    """
-    found: str | None = None
-    for text in texts:
-        for line in text.splitlines():
-            match = DIRECTIVE_LINE.match(line)
-            if match is not None:
-                found = match.group(1)
-    if found is None:
-        return None
-    try:
-        raw = json.loads(found)
-    except json.JSONDecodeError as exc:
-        raise DirectiveError(f"emulator directive is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise DirectiveError("emulator directive must be a JSON object")
-    return _build(raw)
-
-
-def strip_directives(text: str) -> str:
-    """Drop directive lines so the default answer echoes only what a user typed."""
-    return "\n".join(line for line in text.splitlines() if not DIRECTIVE_LINE.match(line))
-
-
-def _build(raw: dict[str, Any]) -> Directive:
-    unknown = sorted(set(raw) - set(_FIELDS))
-    if unknown:
-        raise DirectiveError(f"unknown emulator directive field(s): {', '.join(unknown)}")
-    values = {name: _FIELDS[name](name, value) for name, value in raw.items()}
-    if "reply" in values and "pieces" in values:
-        raise DirectiveError("give either reply or pieces, not both")
-    if values.get("fault") not in (None, *FAULTS):
-        raise DirectiveError(f"unknown fault {raw['fault']!r}; known: {', '.join(sorted(FAULTS))}")
-    return Directive(source=dict(raw), **values)
-
-
-def _string(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise DirectiveError(f"directive field {name} must be a string")
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise DirectiveError(f"directive field {name} must be true or false")
-    return value
-
-
-def _count(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
-    def check(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise DirectiveError(f"directive field {name} must be an integer >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise DirectiveError(f"directive field {name} must be at most {maximum}")
-        return value
-
-    return check
-
-
-def _millis(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise DirectiveError(f"directive field {name} must be a number >= 0")
-    return float(value)
-
-
-def _pieces(name: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
-        raise DirectiveError(f"directive field {name} must be a non-empty list of strings")
-    return tuple(value)
-
-
-def _choice(*allowed: str) -> Callable[[str, Any], str]:
-    def check(name: str, value: Any) -> str:
-        if value not in allowed:
-            raise DirectiveError(f"directive field {name} must be one of {allowed!r}")
-        return str(value)
-
-    return check
-
-
-def _rewrite(name: str, value: Any) -> str | None:
-    """Accept true (= "change"), false, or the mode name."""
-    if value is True:
-        return "change"
-    if value is False:
-        return None
-    return _choice("change", "shrink")(name, value)
-
-
-_FIELDS: dict[str, Callable[[str, Any], Any]] = {
-    "reply": _string,
-    "think": _string,
-    "chunks": _count(1),
-    "pieces": _pieces,
-    "delay_ms": _millis,
-    "ttfb_ms": _millis,
-    "done": _flag,
-    "line_ending": _choice("\n", "\r\n", "\r"),
-    "split": _choice("event", "byte", "coalesce"),
-    "keepalive": _flag,
-    "trailing_space": _flag,
-    "repeat_identical": _flag,
-    "rewrite": _rewrite,
-    "garbage": _flag,
-    "usage": _flag,
-    "key": _string,
-    "fail_times": _count(0),
-    "fault": _string,
-    "retry_after": _millis,
-    "stall_ms": _millis,
-    "after": _count(0),
-    "size": _count(1, MAX_OVERSIZED_LINE_BYTES),
-}

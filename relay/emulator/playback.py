@@ -10,16 +10,22 @@ A disconnect shows up in one of three ways, all handled here:
 - a stall notices the transport closing (for runners without handler cancellation);
 - the handler task is cancelled (``handler_cancellation=True``): the stream is
   counted as aborted here, and the handler marks the record before re-raising.
+
+A v2 stream can also be stopped (§4.2 stop endpoint): gaps and stalls wake on the
+stop event, the body ends cleanly after the last whole event, and the stream is
+counted as "stopped". [I] Nothing more is sent after a stop: the notes do not say
+whether the real service sends a finished frame first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
-from relay.emulator.script import Abort, Gap, Stall, Step, Write
+from relay.emulator.framing import Abort, Gap, Stall, Step, Write
 from relay.emulator.state import EmulatorState, RequestRecord
 
 __all__ = ["SSE_HEADERS", "abort", "is_peer_gone", "play_stream", "stall"]
@@ -41,11 +47,13 @@ def is_peer_gone(request: web.BaseRequest) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def stall(request: web.BaseRequest, seconds: float | None) -> None:
-    """Wait ``seconds`` (None: forever); raise ConnectionResetError if the peer leaves."""
+async def stall(request: web.BaseRequest, seconds: float | None, stop: asyncio.Event | None = None) -> None:
+    """Wait ``seconds`` (None: forever) or until ``stop``; raise ConnectionResetError if the peer leaves."""
     loop = asyncio.get_running_loop()
     deadline = None if seconds is None else loop.time() + seconds
     while not is_peer_gone(request):
+        if stop is not None and stop.is_set():
+            return
         remaining = PEER_POLL_S
         if deadline is not None:
             remaining = min(remaining, deadline - loop.time())
@@ -77,6 +85,7 @@ async def play_stream(
     record: RequestRecord,
     steps: Sequence[Step],
     split: str,
+    stop: asyncio.Event | None = None,
 ) -> web.StreamResponse:
     """Send 200 SSE headers and the planned body; count how the stream ended."""
     response = web.StreamResponse(status=200, headers=SSE_HEADERS)
@@ -85,8 +94,8 @@ async def play_stream(
     try:
         await response.prepare(request)
         record.status = 200
-        outcome = await _play_steps(request, response, state, record, steps, split)
-        if outcome == "completed":
+        outcome = await _play_steps(request, response, state, record, steps, split, stop)
+        if outcome in ("completed", "stopped"):
             await response.write_eof()
     except ConnectionError:
         outcome = "aborted"
@@ -103,8 +112,9 @@ async def _play_steps(
     record: RequestRecord,
     steps: Sequence[Step],
     split: str,
+    stop: asyncio.Event | None,
 ) -> str:
-    """Write the steps; return "completed" or "reset" (raises if the peer leaves)."""
+    """Write the steps; return "completed", "reset" or "stopped" (raises if the peer leaves)."""
     pending = bytearray()  # coalesce: everything up to the next stall goes in one write
     pending_events = 0
 
@@ -121,7 +131,13 @@ async def _play_steps(
         count_events(pending_events)
         pending_events = 0
 
+    def is_stopped() -> bool:
+        return stop is not None and stop.is_set()
+
     for step in steps:
+        if is_stopped():
+            await flush()
+            return "stopped"
         if isinstance(step, Write):
             if split == "coalesce":
                 pending.extend(step.data)
@@ -136,13 +152,23 @@ async def _play_steps(
             count_events(step.is_event)
         elif isinstance(step, Gap):
             if split != "coalesce":
-                await asyncio.sleep(step.seconds)
+                await _pause(step.seconds, stop)
         elif isinstance(step, Stall):
             await flush()
-            await stall(request, step.seconds)
+            await stall(request, step.seconds, stop)
         elif isinstance(step, Abort):
             await flush()
             await abort(request)
             return "reset"
     await flush()
     return "completed"
+
+
+async def _pause(seconds: float, stop: asyncio.Event | None) -> None:
+    """Sleep ``seconds``, waking early if the response is stopped."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()

@@ -1,9 +1,11 @@
-"""What the emulator says: the answer text and the exact bytes of a qwen-v1 stream.
+"""What the emulator says: the answer text and the qwen-v1 stream of it.
 
 Strategy: a stream is planned up front as a list of steps (write these bytes, wait,
-stall, abort) by pure functions, and ``server.py`` only plays the plan back. Every
+stall, abort) by pure functions, and the server only plays the plan back. Every
 framing quirk of §6 is then a property of a list that tests can read without a
-socket, and the player stays small enough to get cancellation right.
+socket, and the player stays small enough to get cancellation right. This module
+decides the text and the v1 events; ``framing.py`` lays the framing and faults over
+them, for every dialect.
 
 Why this differs from real Qwen: the real service streams tokens as the model
 produces them. Here the whole answer is known first, which is what makes the
@@ -12,15 +14,17 @@ cumulative invariant (each event a prefix of the next) checkable at all.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay.emulator.faults import Directive
+from relay.emulator.directive import Directive
+from relay.emulator.faults import IN_STREAM_ERROR, error_event
+from relay.emulator.framing import Abort, Frame, Gap, Stall, Step, Write, plan_events, to_json
 
 __all__ = [
+    "DEFAULT_SOURCES",
     "IN_STREAM_ERROR",
     "Abort",
     "Answer",
@@ -31,52 +35,23 @@ __all__ = [
     "build_answer",
     "completion_body",
     "default_reply",
+    "default_thought",
     "event_texts",
     "plan_stream",
     "split_even",
     "usage_counts",
+    "v1_frames",
+    "web_search_delta",
 ]
 
 # Echo at most this much of the prompt: enough to recognise it, small in logs.
 ECHO_CHARS = 200
-# Non-JSON and non-chunk payloads seen or feared on the wire (§6.7).
-GARBAGE_PAYLOADS: tuple[str, ...] = (
-    "this is not json",
-    "[1,2,3]",
-    "42",
-    '{"choices":[]}',
+# [I] Two results: enough to see a list, short enough to read. Only title and url
+# are in the notes (§2.3); ``sources`` in a directive replaces them.
+DEFAULT_SOURCES: tuple[Mapping[str, Any], ...] = (
+    {"title": "Qwen Chat emulator: first source", "url": "https://example.com/emulator/first"},
+    {"title": "Qwen Chat emulator: second source", "url": "https://example.com/emulator/second"},
 )
-IN_STREAM_ERROR = {"error": {"code": "Bad_Request", "details": "internal error"}}
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """Send these bytes; ``is_event`` marks a content event (counted, signalled)."""
-
-    data: bytes
-    is_event: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """An ordinary pause between events; dropped when events are coalesced."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Stall:
-    """An injected silence; ``None`` lasts until the client goes away."""
-
-    seconds: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Abort:
-    """Drop the connection without the chunked terminator."""
-
-
-Step = Write | Gap | Stall | Abort
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +87,13 @@ def split_even(text: str, chunks: int) -> tuple[str, ...]:
     return tuple(pieces)
 
 
-def build_answer(directive: Directive, user_text: str, default_chunks: int) -> Answer:
-    """Decide the answer text and its increments (§2.3 thinking is inline)."""
-    think = directive.think
+def build_answer(directive: Directive, user_text: str, default_chunks: int, *, thinking: bool = True) -> Answer:
+    """Decide the answer text and its increments (§2.3 thinking is inline).
+
+    ``thinking=False`` (the request said ``thinking_enabled: false``) drops the
+    directive's ``think``; [I] any other request keeps it, as the first emulator did.
+    """
+    think = directive.think if thinking else None
     think_block = f"<think>{think}</think>" if think is not None else ""
     if directive.pieces is not None:
         head = (think_block,) if think_block else ()
@@ -198,16 +177,53 @@ def completion_body(
     return body
 
 
-def _json(value: object) -> str:
-    # ensure_ascii=False: real multi-byte UTF-8 on the wire, so a byte split can cut a character.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def _chunk(text: str, usage: Mapping[str, int] | None = None) -> dict[str, Any]:
     chunk: dict[str, Any] = {"choices": [{"delta": {"role": "assistant", "content": text}}]}
     if usage is not None:
         chunk["usage"] = dict(usage)
     return chunk
+
+
+def default_thought(user_text: str) -> str:
+    """Thinking text for a thinking request without ``think``: two paragraphs.
+
+    [I] Two paragraphs so summary thinking (a list of paragraphs, §4.3) has a list
+    longer than one; the echo ties the thought to its request, as the reply does.
+    """
+    snippet = user_text.strip()[:ECHO_CHARS]
+    return f"The user wrote: {snippet}\n\nI will answer with a friendly echo."
+
+
+def web_search_delta(sources: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The search-results delta sent before the answer (§2.3, §4.3 [C]).
+
+    [I] No ``role``: the notes give only name, content and extra. Phase and v2
+    streams add ``phase``/``status`` to it.
+    """
+    return {"name": "web_search", "content": "", "extra": {"web_search_info": [dict(s) for s in sources]}}
+
+
+def v1_frames(
+    texts: Sequence[str],
+    *,
+    usage: Mapping[str, int] | None,
+    done: bool,
+    sources: Sequence[Mapping[str, Any]] | None = None,
+) -> list[Frame]:
+    """List the events of a qwen-v1 stream (§2.3): chunks, then ``[DONE]`` if asked.
+
+    ``usage``, when given, rides on the last chunk; ``sources`` (chat_type search)
+    adds the web-search delta first.
+    """
+    frames: list[Frame] = []
+    if sources is not None:
+        frames.append(Frame(to_json({"choices": [{"delta": web_search_delta(sources)}]})))
+    for index, text in enumerate(texts):
+        is_last = index == len(texts) - 1
+        frames.append(Frame(to_json(_chunk(text, usage if is_last else None)), is_content=True))
+    if done:
+        frames.append(Frame("[DONE]"))
+    return frames
 
 
 def plan_stream(
@@ -218,75 +234,18 @@ def plan_stream(
     delay_s: float,
     incremental: bool,
     usage: Mapping[str, int] | None,
+    sources: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Step]:
-    """Plan every byte and pause of one SSE body (after the headers).
+    """Plan every byte and pause of one qwen-v1 SSE body (after the headers).
 
     ``fault`` is the stream fault actually applied to this request (after
     ``fail_times``), or None. ``usage``, when given, rides on the last event.
+    An oversized line repeats the current text (cumulative) or nothing (incremental).
     """
-    end = directive.line_ending
 
-    def data_line(payload: str) -> bytes:
-        space = " " if directive.trailing_space else ""
-        return f"data: {payload}{space}{end}{end}".encode()
+    def padded(sent: int) -> dict[str, Any]:
+        return _chunk("" if incremental or sent == 0 else texts[sent - 1])
 
-    def filler(first: bool, index: int) -> list[Step]:
-        steps: list[Step] = []
-        if directive.keepalive:
-            steps.append(Write(f": keep-alive{end}{end}".encode()))
-        if directive.garbage:
-            chosen = GARBAGE_PAYLOADS if first else (GARBAGE_PAYLOADS[index % len(GARBAGE_PAYLOADS)],)
-            steps.extend(Write(data_line(payload)) for payload in chosen)
-        return steps
-
-    def fault_steps(sent: int) -> tuple[list[Step], bool]:
-        """Return the fault's steps and whether the stream ends with them."""
-        if fault == "stall_mid":
-            return [Stall(directive.stall_s)], False
-        if fault == "reset_mid":
-            return [Abort()], True
-        if fault == "in_stream_error":
-            return [Write(data_line(_json(IN_STREAM_ERROR)))], True
-        if fault == "oversized_line":
-            current = "" if incremental or sent == 0 else texts[sent - 1]
-            return [Write(_oversized_line(current, directive.size, end))], False
-        return [], False
-
-    steps: list[Step] = []
-    if fault == "stall_headers":
-        steps.append(Stall(directive.stall_s))
-    steps.extend(filler(True, 0))
-    fault_at = min(directive.after, len(texts))
-    for sent in range(len(texts) + 1):
-        if sent == fault_at:
-            extra, is_final = fault_steps(sent)
-            steps.extend(extra)
-            if is_final:
-                return steps
-        if sent == len(texts):
-            break
-        if sent > 0:
-            if delay_s > 0:
-                steps.append(Gap(delay_s))
-            steps.extend(filler(False, sent))
-        is_last = sent == len(texts) - 1
-        chunk = _chunk(texts[sent], usage if is_last else None)
-        steps.append(Write(data_line(_json(chunk)), is_event=True))
-    if directive.done:
-        if delay_s > 0:
-            steps.append(Gap(delay_s))
-        steps.append(Write(data_line("[DONE]")))
-    return steps
-
-
-def _oversized_line(content: str, size: int, end: str) -> bytes:
-    """Build a valid event whose line is exactly ``size`` bytes (before the line end).
-
-    It repeats the current text and pads an extra field, so a relay that accepts
-    long lines sees a harmless duplicate rather than corrupted content. A size
-    smaller than the bare event gives the bare event.
-    """
-    head = ("data: " + _json(_chunk(content))[:-1] + ',"padding":"').encode()
-    tail = b'"}'
-    padding = max(0, size - len(head) - len(tail))
-    return head + b"x" * padding + tail + (end + end).encode()
+    frames = v1_frames(texts, usage=usage, done=directive.done is not False, sources=sources)
+    error = error_event(directive)
+    return plan_events(frames, directive, fault=fault, delay_s=delay_s, error=error, padded=padded)

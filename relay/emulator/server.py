@@ -1,8 +1,14 @@
-"""A real aiohttp server speaking Qwen Chat's ``qwen-v1`` dialect, with faults.
+"""A real aiohttp server speaking Qwen Chat's three dialects, with faults.
 
-Request flow: log the request → check the token → validate the body → read the
-directive → decide whether its fault applies (``fail_times``) → answer: an error
-response, a JSON completion, or a planned SSE stream played back step by step.
+Routes: ``GET /api/models`` and ``POST /api/chat/completions`` (qwen-v1 and
+qwen-phase, ``routes_v1.py``); ``GET /api/v2/models/``, ``POST /api/v2/chats/new``,
+``POST /api/v2/chat/completions`` and ``…/stop`` (qwen-v2, ``routes_v2.py``); and
+``/_emulator/*`` for tests in another process (log, reset, arm, chats).
+
+A gateway middleware wraps every emulated route: it logs the request before anything
+can fail, applies a fault armed for the path (``EmulatorState.arm``: the only way to
+fault a request that carries no message, such as ``GET /api/models``), and does the
+disconnect bookkeeping.
 
 Disconnects: an app started by :func:`start_emulator` (and pytest-aiohttp's test
 server) runs with ``handler_cancellation=True``, so a client that goes away cancels
@@ -14,61 +20,63 @@ runner without that flag. Either way the record is updated before
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 from aiohttp import web
 
-from relay.emulator.catalogue import models_payload
+from relay.emulator.catalogue import models_payload, v2_models_payload
 from relay.emulator.config import EmulatorConfig
-from relay.emulator.faults import (
-    HTTP_FAULTS,
-    SLOW_DRIBBLE_DELAY_MS,
-    UNAUTHORIZED_DETAIL,
-    http_fault,
+from relay.emulator.directive import DirectiveError
+from relay.emulator.faults import build_gateway_directive
+from relay.emulator.handling import (
+    EMULATOR_CONFIG,
+    EMULATOR_RECORD,
+    EMULATOR_STATE,
+    HANDLERS,
+    dumps,
+    is_authorized,
+    pre_stream,
+    respond,
+    token,
+    unauthorized_v1,
+    v2_error,
 )
-from relay.emulator.playback import abort, is_peer_gone, play_stream, stall
-from relay.emulator.request import BadRequest, ChatRequest, parse_chat_request
-from relay.emulator.script import (
-    IN_STREAM_ERROR,
-    build_answer,
-    completion_body,
-    event_texts,
-    plan_stream,
-    usage_counts,
-)
-from relay.emulator.state import EmulatorState, RequestRecord
+from relay.emulator.playback import is_peer_gone
+from relay.emulator.routes_v1 import chat_v1
+from relay.emulator.routes_v2 import UNAUTHORIZED_V2, chat_completions_v2, chats_new, stop_v2
+from relay.emulator.state import EmulatorState
 
 __all__ = ["EMULATOR_STATE", "RunningEmulator", "make_emulator_app", "start_emulator"]
 
-EMULATOR_STATE: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorState)
-_CONFIG: web.AppKey[EmulatorConfig] = web.AppKey("emulator_config", EmulatorConfig)
-_HANDLERS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("emulator_handlers", set)
-
 # Chat histories with inline images get large; aiohttp's 1 MiB default would 413 them.
 MAX_BODY_BYTES = 32 * 1024 * 1024
-# Backstop only: open chat handlers are cancelled on shutdown (_cancel_handlers), so
+# Backstop only: open handlers are cancelled on shutdown (_cancel_handlers), so
 # streams stalled "forever" never hold close() for aiohttp's default 60 s.
 SHUTDOWN_TIMEOUT_S = 1.0
-# Real UTF-8 rather than \u escapes, as the service sends.
-_dumps = functools.partial(json.dumps, ensure_ascii=False)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_emulator_app(config: EmulatorConfig | None = None) -> web.Application:
     """Build the emulator app; its state is ``app[EMULATOR_STATE]``."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app[_CONFIG] = config if config is not None else EmulatorConfig()
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_gateway])
+    app[EMULATOR_CONFIG] = config if config is not None else EmulatorConfig()
     app[EMULATOR_STATE] = EmulatorState()
-    app[_HANDLERS] = set()
+    app[HANDLERS] = set()
     app.on_shutdown.append(_cancel_handlers)
     app.router.add_get("/api/models", _models)
-    app.router.add_post("/api/chat/completions", _chat)
+    app.router.add_post("/api/chat/completions", chat_v1)
+    app.router.add_get("/api/v2/models/", _models_v2)
+    app.router.add_get("/api/v2/models", _models_v2)
+    app.router.add_post("/api/v2/chats/new", chats_new)
+    app.router.add_post("/api/v2/chat/completions", chat_completions_v2)
+    app.router.add_post("/api/v2/chat/completions/stop", stop_v2)
     app.router.add_get("/_emulator/log", _log)
+    app.router.add_get("/_emulator/chats", _chats)
     app.router.add_post("/_emulator/reset", _reset)
+    app.router.add_post("/_emulator/arm", _arm)
     return app
 
 
@@ -115,68 +123,38 @@ async def start_emulator(
 
 
 async def _cancel_handlers(app: web.Application) -> None:
-    """End chat handlers still running when the server shuts down.
+    """End handlers still running when the server shuts down.
 
     A stalled stream would otherwise hold the shutdown for the whole grace
     period; an emulator has nothing worth finishing gracefully.
     """
-    for task in app[_HANDLERS]:
+    for task in app[HANDLERS]:
         task.cancel()
 
 
-def _token(request: web.Request) -> str | None:
-    """Read the Bearer token, or the web app's ``token`` cookie as a fallback (§1)."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get("token") or None
+@web.middleware
+async def _gateway(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Log, apply an armed gateway fault, and account for disconnects.
 
-
-def _is_authorized(token: str | None, config: EmulatorConfig) -> bool:
-    if not token or token in config.expired_tokens:
-        return False
-    return config.valid_tokens is None or token in config.valid_tokens
-
-
-def _respond(record: RequestRecord, status: int, payload: Any) -> web.Response:
-    record.status = status
-    return web.json_response(payload, status=status, dumps=_dumps)
-
-
-def _detail(record: RequestRecord, status: int, message: str) -> web.Response:
-    """Answer in the Open-WebUI error shape the v1 service uses (§2.5)."""
-    return _respond(record, status, {"detail": message})
-
-
-async def _models(request: web.Request) -> web.Response:
-    state, config = request.app[EMULATOR_STATE], request.app[_CONFIG]
-    token = _token(request)
-    record = state.begin(request.method, request.path, token)
-    record.finished = True
-    if not _is_authorized(token, config):
-        return _detail(record, 401, UNAUTHORIZED_DETAIL)
-    return _respond(record, 200, models_payload(config.models))
-
-
-async def _log(request: web.Request) -> web.Response:
-    log = request.app[EMULATOR_STATE].log
-    return web.json_response([record.to_json() for record in log], dumps=_dumps)
-
-
-async def _reset(request: web.Request) -> web.Response:
-    request.app[EMULATOR_STATE].reset()
-    return web.json_response({"ok": True})
-
-
-async def _chat(request: web.Request) -> web.StreamResponse:
+    ``/_emulator/*`` and unmatched paths pass through unlogged: they are not Qwen.
+    """
+    if request.path.startswith("/_emulator/") or request.match_info.http_exception is not None:
+        return await handler(request)
     state = request.app[EMULATOR_STATE]
-    token = _token(request)
-    record = state.begin(request.method, request.path, token)
-    handlers, task = request.app[_HANDLERS], asyncio.current_task()
+    record = state.begin(request.method, request.path, token(request))
+    request[EMULATOR_RECORD] = record
+    handlers, task = request.app[HANDLERS], asyncio.current_task()
     assert task is not None  # aiohttp runs every handler in a task
     handlers.add(task)
     try:
-        return await _answer(request, state, record, token)
+        armed = state.take_armed(request.path)
+        if armed is not None:
+            directive = build_gateway_directive(armed)  # validated when armed
+            record.directive, record.fault = dict(armed), directive.fault
+            early = await pre_stream(request, state, record, directive, directive.fault, stream=False)
+            if early is not None:
+                return early
+        return await handler(request)
     except asyncio.CancelledError:
         if is_peer_gone(request) and not record.client_disconnected:
             state.client_gone(record)
@@ -186,94 +164,54 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         handlers.discard(task)
 
 
-async def _answer(
-    request: web.Request, state: EmulatorState, record: RequestRecord, token: str | None
-) -> web.StreamResponse:
-    config = request.app[_CONFIG]
-    if not _is_authorized(token, config):
-        return _detail(record, 401, UNAUTHORIZED_DETAIL)
+async def _models(request: web.Request) -> web.Response:
+    config, record = request.app[EMULATOR_CONFIG], request[EMULATOR_RECORD]
+    if not is_authorized(token(request), config):
+        return unauthorized_v1(record)
+    return respond(record, 200, models_payload(config.models))
+
+
+async def _models_v2(request: web.Request) -> web.Response:
+    config, record = request.app[EMULATOR_CONFIG], request[EMULATOR_RECORD]
+    record.dialect = "v2"
+    if not is_authorized(token(request), config):
+        return v2_error(record, 401, "Unauthorized", UNAUTHORIZED_V2)
+    return respond(record, 200, v2_models_payload(config.models))
+
+
+async def _log(request: web.Request) -> web.Response:
+    log = request.app[EMULATOR_STATE].log
+    return web.json_response([record.to_json() for record in log], dumps=dumps)
+
+
+async def _chats(request: web.Request) -> web.Response:
+    """List created chats and stop calls, for tests running the emulator out of process."""
+    state = request.app[EMULATOR_STATE]
+    payload: dict[str, Any] = {
+        "chats": [chat.to_json() for chat in state.chats.values()],
+        "stop_calls": [list(call) for call in state.stop_calls],
+    }
+    return web.json_response(payload, dumps=dumps)
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[EMULATOR_STATE].reset()
+    return web.json_response({"ok": True})
+
+
+async def _arm(request: web.Request) -> web.Response:
+    """``POST /_emulator/arm {"directive": {...}, "path": "/api/", "times": 1}``."""
     try:
-        body = json.loads(await request.read())
-    except ValueError:
-        return _detail(record, 400, "Request body is not valid JSON")
-    try:
-        chat = parse_chat_request(body)
-    except BadRequest as exc:
-        return _detail(record, exc.status, exc.detail)
-    record.model, record.stream = chat.model, chat.stream
-    if chat.model not in config.models:
-        return _detail(record, 404, "Model not found")
-    fault = _applied_fault(state, record, chat)
-    directive = chat.directive
-    try:
-        if directive.ttfb_ms > 0:
-            await stall(request, directive.ttfb_ms / 1000)
-        # Without a stream there are no headers to send first: every stall waits here.
-        is_late_stall = fault in ("stall_headers", "stall_mid")
-        if fault == "stall_before" or (is_late_stall and not chat.stream):
-            await stall(request, directive.stall_s)
-    except ConnectionResetError:
-        state.client_gone(record)
-        return web.Response(status=204)  # never delivered: nobody is listening
-    if fault in HTTP_FAULTS:
-        return _fault_response(record, fault, chat)
-    if not chat.stream:
-        return await _complete(request, record, fault, chat)
-    answer = build_answer(directive, chat.user_text, config.default_chunks)
-    delay_ms = directive.delay_ms
-    if delay_ms is None:
-        is_slow = fault == "slow_dribble"
-        delay_ms = SLOW_DRIBBLE_DELAY_MS if is_slow else config.default_delay_ms
-    events = event_texts(
-        answer,
-        incremental=chat.incremental,
-        repeat_identical=directive.repeat_identical,
-        rewrite=directive.rewrite,
-    )
-    # Usage in stream chunks is unconfirmed for v1 (§2.3): sent only on request.
-    usage = usage_counts("\n".join(chat.texts), answer.text) if directive.usage is True else None
-    steps = plan_stream(
-        events, directive, fault=fault, delay_s=delay_ms / 1000, incremental=chat.incremental, usage=usage
-    )
-    return await play_stream(request, state, record, steps, directive.split)
-
-
-def _applied_fault(state: EmulatorState, record: RequestRecord, chat: ChatRequest) -> str | None:
-    """Count the attempt and return the fault if ``fail_times`` still allows it."""
-    if not chat.has_directive:
-        return None
-    directive = chat.directive
-    record.directive = dict(directive.source)
-    record.attempt = state.count_attempt(directive.counter_key())
-    limit = directive.fail_times
-    if directive.fault is None or (limit is not None and record.attempt > limit):
-        return None
-    record.fault = directive.fault
-    return directive.fault
-
-
-def _fault_response(record: RequestRecord, fault: str, chat: ChatRequest) -> web.Response:
-    spec = http_fault(fault, chat.directive.retry_after)
-    headers = dict(spec.headers)
-    if spec.content_type is not None:
-        headers["Content-Type"] = spec.content_type
-    record.status = spec.status
-    return web.Response(status=spec.status, body=spec.body, headers=headers)
-
-
-async def _complete(
-    request: web.Request, record: RequestRecord, fault: str | None, chat: ChatRequest
-) -> web.StreamResponse:
-    """Answer ``stream:false``; stream faults map to their nearest non-stream form."""
-    if fault == "reset_mid":
-        await abort(request)
-        return web.Response(status=204)  # never delivered: the connection is gone
-    if fault == "in_stream_error":
-        return _respond(record, 200, IN_STREAM_ERROR)
-    config = request.app[_CONFIG]
-    text = build_answer(chat.directive, chat.user_text, config.default_chunks).text
-    usage: Mapping[str, int] | None = None
-    if chat.directive.usage is not False:
-        usage = usage_counts("\n".join(chat.texts), text)
-    body = completion_body(text, chat.model, record.number, int(time.time()), usage)
-    return _respond(record, 200, body)
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise DirectiveError("body must be an object with a directive")
+        times = body.get("times", 1)
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
+            raise DirectiveError("times must be an integer or null")
+        path = body.get("path", "/")
+        if not isinstance(path, str):
+            raise DirectiveError("path must be a string")
+        request.app[EMULATOR_STATE].arm(body.get("directive"), path=path, times=times)
+    except ValueError as exc:  # DirectiveError and bad JSON are both ValueErrors
+        return web.json_response({"detail": str(exc)}, status=400)
+    return web.json_response({"ok": True})

@@ -2,19 +2,27 @@
 
 Tests synchronise on these events and counters instead of sleeping (STYLE.md §6):
 "the n-th request arrived", "a first event was written", "the peer closed", "no
-stream is open any more". Waiters use a pulse: every change sets the current event
-and swaps in a fresh one, so notifying never needs to await a lock.
+stream is open any more", "the stop endpoint was called". Waiters use a pulse:
+every change sets the current event and swaps in a fresh one, so notifying never
+needs to await a lock.
+
+qwen-v2 adds server-side conversation state (§4.1): chats must be created before
+they are completed, and a response can be stopped by id (§4.2). Both live here so
+relay tests can assert on them in-process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EmulatorState", "RequestRecord", "fingerprint"]
+from relay.emulator.faults import build_gateway_directive
+
+__all__ = ["ArmedDirective", "ChatRecord", "EmulatorState", "LiveResponse", "RequestRecord", "fingerprint"]
 
 
 def fingerprint(token: str) -> str:
@@ -40,6 +48,20 @@ class RequestRecord:
     events_sent: int = 0
     client_disconnected: bool = False
     finished: bool = False
+    # "v1" (cumulative), "phase" (incremental and/or phase tags) or "v2"; None for
+    # requests that are not completions.
+    dialect: str | None = None
+    # feature_config of the last message, and chat_type (body, else last message).
+    feature_config: dict[str, Any] | None = None
+    chat_type: str | None = None
+    # v2 only: the chat, the one user message's text (to check history folding),
+    # the body's parent_id and the response id the stream announced.
+    chat_id: str | None = None
+    user_message: str | None = None
+    parent_id: str | None = None
+    response_id: str | None = None
+    # The stream was ended by POST /api/v2/chat/completions/stop.
+    stopped: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Render for ``GET /_emulator/log``."""
@@ -57,7 +79,65 @@ class RequestRecord:
             "events_sent": self.events_sent,
             "client_disconnected": self.client_disconnected,
             "finished": self.finished,
+            "dialect": self.dialect,
+            "feature_config": self.feature_config,
+            "chat_type": self.chat_type,
+            "chat_id": self.chat_id,
+            "user_message": self.user_message,
+            "parent_id": self.parent_id,
+            "response_id": self.response_id,
+            "stopped": self.stopped,
         }
+
+
+@dataclass(slots=True)
+class ChatRecord:
+    """A chat created by ``POST /api/v2/chats/new`` (§4.1)."""
+
+    id: str
+    model: str
+    title: str
+    chat_type: str
+    chat_mode: str
+    # Server clock (epoch seconds) at creation; the client's own ms timestamp apart.
+    created_at: float
+    client_timestamp_ms: int | None = None
+    # Completion calls accepted for this chat (after validation, faults included).
+    completions: int = 0
+    # Response ids announced by response.created, oldest first.
+    responses: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Render for ``GET /_emulator/chats``."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "title": self.title,
+            "chat_type": self.chat_type,
+            "chat_mode": self.chat_mode,
+            "created_at": self.created_at,
+            "client_timestamp_ms": self.client_timestamp_ms,
+            "completions": self.completions,
+            "responses": list(self.responses),
+        }
+
+
+@dataclass(slots=True)
+class ArmedDirective:
+    """A gateway fault waiting for requests whose path starts with ``path``."""
+
+    path: str
+    directive: Mapping[str, Any]
+    # Requests it still applies to; None = until reset.
+    times: int | None
+
+
+@dataclass(slots=True)
+class LiveResponse:
+    """A v2 response still streaming, and the event that stops it."""
+
+    chat_id: str
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)
@@ -65,7 +145,7 @@ class EmulatorState:
     """Request log, counters and events of one emulator app.
 
     ``streams_started == streams_completed + streams_aborted + streams_reset +
-    open_streams`` holds at every await point.
+    streams_stopped + open_streams`` holds at every await point.
     """
 
     log: list[RequestRecord] = field(default_factory=list)
@@ -76,10 +156,18 @@ class EmulatorState:
     streams_aborted: int = 0
     # The emulator dropped the connection on purpose (fault reset_mid).
     streams_reset: int = 0
+    # Streams ended early by the v2 stop endpoint.
+    streams_stopped: int = 0
     open_streams: int = 0
     first_chunk_sent: asyncio.Event = field(default_factory=asyncio.Event)
     peer_closed: asyncio.Event = field(default_factory=asyncio.Event)
     fail_counters: dict[str, int] = field(default_factory=dict)
+    chats: dict[str, ChatRecord] = field(default_factory=dict)
+    # (chat_id, response_id) of every stop call, "" where the call left one out.
+    stop_calls: list[tuple[str, str]] = field(default_factory=list)
+    stop_called: asyncio.Event = field(default_factory=asyncio.Event)
+    armed: list[ArmedDirective] = field(default_factory=list)
+    live_responses: dict[str, LiveResponse] = field(default_factory=dict)
     _pulse: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def reset(self) -> None:
@@ -90,9 +178,14 @@ class EmulatorState:
         self.streams_completed = 0
         self.streams_aborted = 0
         self.streams_reset = 0
+        self.streams_stopped = 0
         self.first_chunk_sent.clear()
         self.peer_closed.clear()
         self.fail_counters.clear()
+        self.chats.clear()
+        self.stop_calls.clear()
+        self.stop_called.clear()
+        self.armed.clear()
         self.notify()
 
     def notify(self) -> None:
@@ -140,12 +233,15 @@ class EmulatorState:
         self.notify()
 
     def stream_closed(self, record: RequestRecord, outcome: str) -> None:
-        """Count how a stream ended: "completed", "aborted" (client gone) or "reset"."""
+        """Count how a stream ended: "completed", "aborted" (client gone), "reset" or "stopped"."""
         self.open_streams -= 1
         if outcome == "completed":
             self.streams_completed += 1
         elif outcome == "aborted":
             self.streams_aborted += 1
+        elif outcome == "stopped":
+            self.streams_stopped += 1
+            record.stopped = True
         else:
             self.streams_reset += 1
         record.finished = True
@@ -156,3 +252,52 @@ class EmulatorState:
         record.client_disconnected = True
         self.peer_closed.set()
         self.notify()
+
+    def arm(self, directive: Any, *, path: str = "/", times: int | None = 1) -> None:
+        """Answer the next ``times`` requests under ``path`` with a gateway fault.
+
+        For paths that carry no message to hold a directive (``GET /api/models``,
+        ``POST /api/v2/chats/new``, the stop call). Only HTTP faults, ``stall_before``
+        and ``ttfb_ms`` are allowed (DirectiveError otherwise); an armed directive
+        is applied before the token is checked, as a gateway in front would.
+        """
+        build_gateway_directive(directive)
+        if times is not None and times < 1:
+            raise ValueError("times must be at least 1 (or None for until reset)")
+        self.armed.append(ArmedDirective(path, dict(directive), times))
+
+    def take_armed(self, path: str) -> Mapping[str, Any] | None:
+        """Return (and use up one application of) the first directive armed for ``path``."""
+        for index, armed in enumerate(self.armed):
+            if path.startswith(armed.path):
+                if armed.times is not None:
+                    armed.times -= 1
+                    if armed.times == 0:
+                        del self.armed[index]
+                return armed.directive
+        return None
+
+    def create_chat(
+        self, chat_id: str, model: str, *, title: str, chat_type: str, chat_mode: str, timestamp_ms: int | None
+    ) -> ChatRecord:
+        """Remember a chat made by ``POST /api/v2/chats/new``."""
+        chat = ChatRecord(chat_id, model, title, chat_type, chat_mode, time.time(), timestamp_ms)
+        self.chats[chat_id] = chat
+        self.notify()
+        return chat
+
+    def record_stop(self, chat_id: str, response_id: str) -> int:
+        """Log a stop call, end the matching live streams and return how many.
+
+        With a response id only that response stops; with just a chat id, every
+        live response of that chat does ([I]: the notes do not say which is required).
+        """
+        self.stop_calls.append((chat_id, response_id))
+        stopped = 0
+        for live_id, live in self.live_responses.items():
+            if live_id == response_id or (not response_id and chat_id and live.chat_id == chat_id):
+                live.stop.set()
+                stopped += 1
+        self.stop_called.set()
+        self.notify()
+        return stopped

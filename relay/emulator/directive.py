@@ -1,0 +1,304 @@
+"""The ``#emulator {...}`` directive: what one request asks the emulator to do.
+
+The relay forwards message text untouched, so a test steers the emulator by putting
+one line ``#emulator {...json...}`` into any message. That keeps the relay unaware of
+the emulator and lets the same test run against a relay in another process. In
+qwen-v2 the relay folds the whole history into one user message (§4.2), so several
+directive lines may arrive in one text: the last line wins.
+
+Parsing is strict: an unknown field, a wrong type or a field that needs another one
+is a 400 naming the field, so a typo in a test shows up as a clear failure instead
+of a silently ignored fault. Fields that do not apply to a dialect (``keepalive_info``
+on v1, ``rewrite`` on the always-incremental v2) are accepted and ignored there, so
+one test body can run against every dialect.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+__all__ = [
+    "DIRECTIVE_LINE",
+    "FAULTS",
+    "HTTP_FAULTS",
+    "NO_DIRECTIVE",
+    "STREAM_FAULTS",
+    "Directive",
+    "DirectiveError",
+    "parse_directive",
+    "strip_directives",
+]
+
+DIRECTIVE_LINE = re.compile(r"^#emulator (\{.*\})\s*$")
+
+# Faults answered instead of a completion, before any stream starts. "waf" is the
+# v2-era name of "html_challenge" (§4.5); "v2_error" is HTTP 200 + x-actual-status-code.
+HTTP_FAULTS = frozenset(
+    {
+        "html_challenge",
+        "waf",
+        "v2_error",
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_500_empty",
+        "http_401",
+        "http_403",
+        "http_429",
+    }
+)
+# Faults that shape an SSE stream (or delay a non-stream answer).
+STREAM_FAULTS = frozenset(
+    {
+        "stall_headers",
+        "stall_mid",
+        "reset_mid",
+        "oversized_line",
+        "in_stream_error",
+        "slow_dribble",
+    }
+)
+FAULTS = HTTP_FAULTS | STREAM_FAULTS | {"stall_before"}
+
+# 2 MiB: well past any sane per-line limit of a relay, yet quick to send in a test.
+DEFAULT_OVERSIZED_LINE_BYTES = 2 * 1024 * 1024
+# A cap so a typo cannot make the emulator allocate gigabytes.
+MAX_OVERSIZED_LINE_BYTES = 64 * 1024 * 1024
+# A cap on keep-alive frames: enough to outlast any idle timer a test sets.
+MAX_KEEPALIVE_INFO = 10_000
+
+Split = Literal["event", "byte", "coalesce"]
+Rewrite = Literal["change", "shrink"]
+SummaryMode = Literal["cumulative", "incremental"]
+ThinkPhase = Literal["think", "thinking_summary"]
+
+
+class DirectiveError(ValueError):
+    """A directive line that cannot be honoured; answered 400 with its message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """Everything one request asked for; defaults mean "behave like the real service"."""
+
+    source: Mapping[str, Any]
+    reply: str | None = None
+    think: str | None = None
+    chunks: int | None = None
+    pieces: tuple[str, ...] | None = None
+    delay_ms: float | None = None
+    ttfb_ms: float = 0.0
+    # None: the dialect's default (v1/phase send [DONE], v2 does not: §4.3).
+    done: bool | None = None
+    line_ending: str = "\n"
+    split: Split = "event"
+    keepalive: bool = False
+    trailing_space: bool = False
+    repeat_identical: bool = False
+    rewrite: Rewrite | None = None
+    garbage: bool = False
+    usage: bool | None = None
+    key: str | None = None
+    fail_times: int | None = None
+    fault: str | None = None
+    retry_after: float | None = None
+    stall_ms: float | None = None
+    after: int = 1
+    size: int = DEFAULT_OVERSIZED_LINE_BYTES
+    # Search results for chat_type "search" (each a dict with title and url).
+    sources: tuple[Mapping[str, Any], ...] | None = None
+    summary_mode: SummaryMode = "cumulative"
+    think_phase: ThinkPhase | None = None
+    keepalive_info: int = 0
+    # An in-stream {"error":{"code": ...}} event instead of the rest of the stream.
+    stream_error: str | None = None
+    # For fault "v2_error": the body's code and the x-actual-status-code header.
+    code: str | None = None
+    actual_status: int | None = None
+    num: int | None = None
+    details: str | None = None
+
+    @property
+    def stall_s(self) -> float | None:
+        """Length of an injected stall in seconds; None means until the client leaves."""
+        return None if self.stall_ms is None else self.stall_ms / 1000
+
+    @property
+    def effective_fault(self) -> str | None:
+        """The fault this directive injects: ``stream_error`` is an in-stream error."""
+        if self.stream_error is not None:
+            return "in_stream_error"
+        return self.fault
+
+    def counter_key(self) -> str | None:
+        """Name the fail-times counter this request shares with its retries.
+
+        An explicit ``key`` wins. Without one, a directive that sets ``fail_times``
+        is keyed on its own canonical JSON: a relay retry resends the same text.
+        """
+        if self.key is not None:
+            return "key:" + self.key
+        if self.fail_times is not None:
+            return "directive:" + json.dumps(self.source, sort_keys=True)
+        return None
+
+
+# What a request without a directive gets: the service behaving normally.
+NO_DIRECTIVE = Directive(source=MappingProxyType({}))
+
+
+def parse_directive(texts: Iterable[str]) -> Directive | None:
+    """Find the last ``#emulator {...}`` line in the given message texts.
+
+    The last one wins so a later turn of a conversation (or the newest turn folded
+    into a v2 message) overrides an earlier one; earlier lines are not even parsed.
+    """
+    found: str | None = None
+    for text in texts:
+        for line in text.splitlines():
+            match = DIRECTIVE_LINE.match(line)
+            if match is not None:
+                found = match.group(1)
+    if found is None:
+        return None
+    return build_directive(_load(found))
+
+
+def _load(text: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DirectiveError(f"emulator directive is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DirectiveError("emulator directive must be a JSON object")
+    return raw
+
+
+def strip_directives(text: str) -> str:
+    """Drop directive lines so the default answer echoes only what a user typed."""
+    return "\n".join(line for line in text.splitlines() if not DIRECTIVE_LINE.match(line))
+
+
+def build_directive(raw: Mapping[str, Any]) -> Directive:
+    """Validate a decoded directive object; raise DirectiveError naming the bad field."""
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise DirectiveError(f"unknown emulator directive field(s): {', '.join(unknown)}")
+    values = {name: _FIELDS[name](name, value) for name, value in raw.items()}
+    if "reply" in values and "pieces" in values:
+        raise DirectiveError("give either reply or pieces, not both")
+    fault = values.get("fault")
+    if fault not in (None, *FAULTS):
+        raise DirectiveError(f"unknown fault {raw['fault']!r}; known: {', '.join(sorted(FAULTS))}")
+    if fault is not None and "stream_error" in values:
+        raise DirectiveError("give either fault or stream_error, not both")
+    for name in ("code", "actual_status"):
+        if name in values and fault != "v2_error":
+            raise DirectiveError(f"directive field {name} needs fault v2_error")
+    for name in ("num", "details"):
+        if name in values and fault != "v2_error" and "stream_error" not in values:
+            raise DirectiveError(f"directive field {name} needs fault v2_error or stream_error")
+    return Directive(source=dict(raw), **values)
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise DirectiveError(f"directive field {name} must be a string")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise DirectiveError(f"directive field {name} must be true or false")
+    return value
+
+
+def _count(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise DirectiveError(f"directive field {name} must be an integer >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise DirectiveError(f"directive field {name} must be at most {maximum}")
+        return value
+
+    return check
+
+
+def _millis(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise DirectiveError(f"directive field {name} must be a number >= 0")
+    return float(value)
+
+
+def _pieces(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
+        raise DirectiveError(f"directive field {name} must be a non-empty list of strings")
+    return tuple(value)
+
+
+def _choice(*allowed: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in allowed:
+            raise DirectiveError(f"directive field {name} must be one of {allowed!r}")
+        return str(value)
+
+    return check
+
+
+def _rewrite(name: str, value: Any) -> str | None:
+    """Accept true (= "change"), false, or the mode name."""
+    if value is True:
+        return "change"
+    if value is False:
+        return None
+    return _choice("change", "shrink")(name, value)
+
+
+def _sources(name: str, value: Any) -> tuple[Mapping[str, Any], ...]:
+    """Accept a list of ``{"title", "url"}`` objects; other keys pass through (snippet…)."""
+    if not isinstance(value, list):
+        raise DirectiveError(f"directive field {name} must be a list of objects")
+    for item in value:
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("title", "url")):
+            raise DirectiveError(f"each item of directive field {name} needs string title and url")
+    return tuple(MappingProxyType(dict(item)) for item in value)
+
+
+_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "reply": _string,
+    "think": _string,
+    "chunks": _count(1),
+    "pieces": _pieces,
+    "delay_ms": _millis,
+    "ttfb_ms": _millis,
+    "done": _flag,
+    "line_ending": _choice("\n", "\r\n", "\r"),
+    "split": _choice("event", "byte", "coalesce"),
+    "keepalive": _flag,
+    "trailing_space": _flag,
+    "repeat_identical": _flag,
+    "rewrite": _rewrite,
+    "garbage": _flag,
+    "usage": _flag,
+    "key": _string,
+    "fail_times": _count(0),
+    "fault": _string,
+    "retry_after": _millis,
+    "stall_ms": _millis,
+    "after": _count(0),
+    "size": _count(1, MAX_OVERSIZED_LINE_BYTES),
+    "sources": _sources,
+    "summary_mode": _choice("cumulative", "incremental"),
+    "think_phase": _choice("think", "thinking_summary"),
+    "keepalive_info": _count(0, MAX_KEEPALIVE_INFO),
+    "stream_error": _string,
+    "code": _string,
+    "actual_status": _count(100, 599),
+    "num": _count(0),
+    "details": _string,
+}
