@@ -30,6 +30,14 @@ class Timeouts:
     backoff_max_s: float = 8.0
     #: a client must deliver its whole request body within this (slowloris guard).
     client_body_s: float = 30.0
+    #: a request that finds the relay full waits this long for a slot before its 429:
+    #: Immersive Translate fires bursts and turns every 429 into a failed paragraph.
+    queue_s: float = 10.0
+    #: a non-stream answer (or its error) is sent within this; Immersive gives up at ~100 s.
+    nonstream_deadline_s: float = 95.0
+    #: a ``: keep-alive`` comment goes to a stream's client after this much upstream
+    #: silence, so proxies and clients do not time out during long thinking.
+    keepalive_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,9 @@ class Config:
         _require(self.unix is None or bool(self.unix.strip()), "--unix must be a path")
         _require(self.timeouts.upstream_s > 0, "--timeout must be positive")
         _require(self.timeouts.client_body_s > 0, "--body-timeout must be positive")
+        _require(self.timeouts.queue_s >= 0, "--queue-timeout must not be negative")
+        _require(self.timeouts.nonstream_deadline_s > 0, "--nonstream-deadline must be positive")
+        _require(self.timeouts.keepalive_s > 0, "--keepalive-interval must be positive")
         _require(self.limits.max_concurrency >= 1, "--max-concurrency must be at least 1")
         _require(self.limits.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024")
         _require(self.limits.max_line_bytes >= 1024, "--max-line-bytes must be at least 1024")

@@ -4,7 +4,8 @@ The original Worker released its count when the response headers went out, so a
 relay full of long streams still accepted more. Here the slot is taken before
 the upstream request and given back in ``finally`` after the stream's last
 write, whatever ends it (done, error, client gone, cancelled). When every slot
-is taken the caller gets 429 with ``Retry-After`` instead of waiting without bound.
+is taken the caller waits in line for ``--queue-timeout`` (translation plugins
+send bursts), then gets 429 with ``Retry-After`` instead of waiting without bound.
 """
 
 from __future__ import annotations
@@ -39,15 +40,18 @@ class ConcurrencyGate:
         await self._idle.wait()
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, wait_s: float = 0.0) -> AsyncIterator[None]:
+        """Hold a slot for the block; wait up to ``wait_s`` for one (FIFO), else 429."""
         if self._semaphore.locked():
-            self.rejected += 1
-            raise Overloaded(
-                f"The relay is at its limit of {self.capacity} concurrent requests "
-                "(--max-concurrency); retry shortly.",
-                retry_after_s=RETRY_AFTER_FULL_S,
-            )
-        await self._semaphore.acquire()
+            if wait_s <= 0:
+                self._reject()
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._semaphore.acquire()
+            except TimeoutError:
+                self._reject()
+        else:
+            await self._semaphore.acquire()
         self.in_flight += 1
         self._idle.clear()
         try:
@@ -57,3 +61,11 @@ class ConcurrencyGate:
             self._semaphore.release()
             if not self.in_flight:
                 self._idle.set()
+
+    def _reject(self) -> None:
+        self.rejected += 1
+        raise Overloaded(
+            f"The relay is at its limit of {self.capacity} concurrent requests "
+            "(--max-concurrency); retry shortly.",
+            retry_after_s=RETRY_AFTER_FULL_S,
+        )

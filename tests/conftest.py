@@ -48,6 +48,11 @@ def relay_factory(aiohttp_server: AiohttpServer, emulator: RunningEmulator) -> R
             backoff_base_s=overrides.pop("backoff_base_s", 0.01),
             backoff_max_s=overrides.pop("backoff_max_s", 0.05),
             client_body_s=overrides.pop("client_body_s", 30.0),
+            # 0 = an immediate 429 when full, so tests of the limit need no waiting;
+            # tests of the queue pass queue_s explicitly.
+            queue_s=overrides.pop("queue_s", 0.0),
+            nonstream_deadline_s=overrides.pop("nonstream_deadline_s", 95.0),
+            keepalive_s=overrides.pop("keepalive_s", 15.0),
         )
         limit_fields = {f.name for f in dataclasses.fields(Limits)}
         limits = Limits(**{k: overrides.pop(k) for k in list(overrides) if k in limit_fields})

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from functools import partial
 
 from aiohttp import web
 
-from ..dialects import Completion, Dialect, UpstreamCall
-from ..errors import UpstreamProtocolError
+from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
+from ..errors import RelayError, UpstreamProtocolError, UpstreamTimeout
 from ..keys import CONFIG, DIALECT, GATE, METRICS, UPSTREAM
 from ..middleware import INFO, RequestInfo
 from ..openai_wire import (
@@ -22,7 +23,15 @@ from ..openai_wire import (
     parse_chat_request,
     parse_json_body,
 )
-from ..pipeline import SseEncoder, StreamStats, aggregate, closing_source, encode_sse, upstream_payloads
+from ..pipeline import (
+    Frame,
+    SseEncoder,
+    StreamStats,
+    aggregate,
+    closing_source,
+    encode_sse,
+    upstream_payloads,
+)
 from ..pipeline.think import THINK_CLOSE, THINK_OPEN, drop_reasoning, reasoning_as_content
 from ..upstream import UpstreamResponse
 from .common import bearer_token, json_response, read_body
@@ -36,6 +45,7 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",  # nginx: do not buffer this response
 }
 _EMPTY_ANSWER = "The upstream returned an empty answer (no text)."
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -43,24 +53,55 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     token = bearer_token(request)
     chat = parse_chat_request(parse_json_body(await read_body(request)))
     info.model, info.stream = chat.model, chat.stream
-    options = await resolve_request(request, token, chat)
+    if chat.stream:
+        options = await resolve_request(request, token, chat)
+        return await _stream(request, info, token, chat, options)
+    deadline_s = request.app[CONFIG].timeouts.nonstream_deadline_s
+    deadline = asyncio.timeout(deadline_s)
+    try:
+        async with deadline:
+            options = await resolve_request(request, token, chat)
+            completion = await _complete(request, info, token, chat, options)
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise  # an UpstreamTimeout of its own (it is a TimeoutError too)
+        raise UpstreamTimeout(f"No complete answer within {deadline_s:g} s (--nonstream-deadline).",
+                              code="nonstream_deadline") from exc
+    return await _completion_response(request, info, chat, options, completion)
+
+
+async def _stream(request: web.Request, info: RequestInfo, token: str, chat: ChatRequest,
+                  options: ChatOptions) -> web.StreamResponse:
     app = request.app
     client, dialect = app[UPSTREAM], app[DIALECT]
-    async with app[GATE].slot():
+    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
+        call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
+        async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
+            info.upstream_attempts = upstream.attempts
+            return await _relay_stream(request, info, upstream, dialect, chat, call, token,
+                                       options.thinking is False)
+
+
+async def _complete(request: web.Request, info: RequestInfo, token: str, chat: ChatRequest,
+                    options: ChatOptions) -> Completion:
+    app = request.app
+    client, dialect = app[UPSTREAM], app[DIALECT]
+    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
         call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
         async with client.open("POST", call.path, token=token, json_body=call.body,
                                stream=call.stream) as upstream:
             info.upstream_attempts = upstream.attempts
-            if chat.stream:
-                return await _relay_stream(request, info, upstream, dialect, chat, call, token,
-                                           options.thinking is False)
-            completion = await _read_completion(request, upstream, dialect)
+            return await _read_completion(request, upstream, dialect)
+
+
+async def _completion_response(request: web.Request, info: RequestInfo, chat: ChatRequest,
+                               options: ChatOptions, completion: Completion) -> web.Response:
     if not completion.content and completion.finish_reason != "length":
         raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
     content, reasoning = completion.content, completion.reasoning
     if options.thinking is False:
         reasoning = ""  # the client turned thinking off: none of it, in any field
-    if reasoning and app[CONFIG].reasoning_in_content:
+    if reasoning and request.app[CONFIG].reasoning_in_content:
         content, reasoning = f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n\n{content}", ""
     usage = completion.usage or estimate_usage(chat.messages, len(completion.content))
     body = completion_object(
@@ -112,21 +153,41 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         # An error body with a 2xx status, where a stream was expected.
         dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
         raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
-    payloads = upstream_payloads(upstream.iter_bytes(), config.limits.max_line_bytes, stats)
+    response = web.StreamResponse(headers=SSE_HEADERS)
+
+    async def keep_alive() -> None:
+        # Upstream silent for --keepalive-interval: commit the 200 if not yet done
+        # (long thinking before the first frame) and tell the client we are alive.
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write(KEEPALIVE_COMMENT)
+        stats.bytes_out += len(KEEPALIVE_COMMENT)
+
+    body = upstream.iter_bytes(keep_alive, config.timeouts.keepalive_s)
+    payloads = upstream_payloads(body, config.limits.max_line_bytes, stats)
     frames = dialect.stream_frames(payloads, stats)
     if no_reasoning:
         frames = drop_reasoning(frames)
     elif config.reasoning_in_content:
         frames = reasoning_as_content(frames)
     async with closing_source(frames):
-        first = await anext(frames, None)
-        if first is None:
+        rest: AsyncIterator[Frame] = frames
+        try:
+            first = await anext(frames, None)
+        except RelayError as exc:
+            if not response.prepared:
+                raise  # nothing sent yet: the middleware answers with the right status
+            first, rest = None, _raising(exc)  # a keep-alive already committed the 200
+        except ConnectionResetError:
+            info.client_gone = True
+            return response
+        if first is None and not response.prepared:
             raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
-        response = web.StreamResponse(headers=SSE_HEADERS)
-        await response.prepare(request)
+        if not response.prepared:
+            await response.prepare(request)
         encoder = SseEncoder(completion_id=new_completion_id(), created=now(), model=chat.model,
                              include_usage=chat.include_usage, stats=stats)
-        chunks = encode_sse(frames, encoder, partial(estimate_usage, chat.messages), first)
+        chunks = encode_sse(rest, encoder, partial(estimate_usage, chat.messages), first)
         async with closing_source(chunks):
             try:
                 async for data in chunks:
@@ -141,6 +202,12 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
                 return response
     info.bytes_out = stats.bytes_out
     return response
+
+
+async def _raising(error: RelayError) -> AsyncIterator[Frame]:
+    """A frame source that fails at once, so ``encode_sse`` renders the error event."""
+    raise error
+    yield  # pragma: no cover  (makes this an async generator)
 
 
 def _dumps(payload: object) -> bytes:

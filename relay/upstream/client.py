@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -93,12 +93,31 @@ class UpstreamResponse:
     def content_type(self) -> str:
         return self._response.content_type
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, with transport faults mapped to ``Upstream*``."""
+    async def iter_bytes(self, on_silence: Callable[[], Awaitable[None]] | None = None,
+                         silence_s: float = 15.0) -> AsyncIterator[bytes]:
+        """The body as it arrives, with transport faults mapped to ``Upstream*``.
+
+        ``on_silence`` is awaited after each ``silence_s`` without upstream bytes
+        (the handler writes a keep-alive comment). It runs in the consumer's own
+        task while the chain waits here, so it never races another write, and it
+        needs no task or timer per stream beyond the read's own timeout.
+        ``readany`` is safe to abandon: unread bytes stay in aiohttp's buffer.
+        """
         content = self._response.content
         try:
             while True:
-                chunk = await content.readany()
+                if on_silence is None:
+                    chunk = await content.readany()
+                else:
+                    silence = asyncio.timeout(silence_s)
+                    try:
+                        async with silence:
+                            chunk = await content.readany()
+                    except TimeoutError:
+                        if not silence.expired():
+                            raise  # aiohttp's own read timeout (a TimeoutError too): the upstream is dead
+                        await on_silence()
+                        continue
                 if not chunk:
                     return
                 yield chunk
