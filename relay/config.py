@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "Config", "Limits", "Timeouts"]
+__all__ = ["DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "Config", "Limits", "Timeouts"]
 
 #: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
 EMULATOR_UPSTREAM = "emulator"
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DIALECT_NAMES = ("qwen-v1", "qwen-phase", "qwen-v2")
+LOOPS = ("auto", "asyncio", "uvloop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,8 @@ class Config:
     #: ``("*",)`` allows every origin: the API authenticates by header, never cookie.
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "info"
+    #: event loop: ``auto`` takes uvloop when installed (the ``speed`` extra), else asyncio.
+    loop: str = "auto"
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
 
@@ -91,6 +94,7 @@ class Config:
         _require(self.retries >= 1, "--retries counts attempts and must be at least 1")
         _require(self.models_ttl_s >= 0, "--models-ttl must not be negative")
         _require(self.compress_min_bytes >= 0, "--compress-min-bytes must not be negative")
+        _require(self.loop in LOOPS, f"--loop must be one of {', '.join(LOOPS)}")
         _require(self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         _require(self.drain_timeout_s >= 0, "--drain-timeout must not be negative")
         _require(self.unix is None or bool(self.unix.strip()), "--unix must be a path")

@@ -10,6 +10,7 @@ whatever a bug puts into a message, a bearer token or JWT never reaches the log.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -31,16 +32,31 @@ _SECRETS = re.compile(
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
+_TRIGGERS = ("bearer", "token", "key", "eyj")
+
+
 def redact(text: str) -> str:
-    """Mask bearer tokens, ``token=``/``api_key=`` values and JWTs."""
+    """Mask bearer tokens, ``token=``/``api_key=`` values and JWTs.
+
+    The regexes cost ~10 µs on an access line; a lowercase scan for the words
+    they need (~0.3 µs) skips them on lines that cannot match.
+    """
+    lowered = text.lower()
+    if not any(trigger in lowered for trigger in _TRIGGERS):
+        return text
     return _JWT.sub("***", _SECRETS.sub(r"\1***", text))
+
+
+@functools.lru_cache(maxsize=4)
+def _second(epoch_s: int) -> str:
+    """ISO-8601 UTC to the second; cached, since a busy relay logs many lines per second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{_second(int(record.created))}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),

@@ -8,8 +8,8 @@ unchanged; unknown request fields are kept for the upstream, not rejected.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +125,7 @@ def _optional(body: dict[str, Any], name: str, kind: type, described: str, prefi
 
 
 def new_completion_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
+    return "chatcmpl-" + os.urandom(16).hex()
 
 
 def completion_object(*, completion_id: str, created: int, model: str, content: str,

@@ -93,6 +93,19 @@ async def drain(app: web.Application, runner: web.AppRunner, timeout_s: float, f
     _log.info("drain_finished")
 
 
+def _use_loop(choice: str) -> None:
+    """uvloop roughly halves aiohttp's per-request CPU; it is optional (the ``speed`` extra)."""
+    if choice == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("--loop uvloop: uvloop is not installed (pip install 'qwen-relay[speed]')") from None
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def run(config: Config) -> int:
     """Blocking entry point: serve until SIGINT or SIGTERM; return the exit code."""
     setup_logging(config.log_level)
@@ -108,6 +121,7 @@ def run(config: Config) -> int:
             loop.add_signal_handler(sig, on_signal)
         await serve(config, stop, force)
 
+    _use_loop(config.loop)
     try:
         asyncio.run(main())
     except OSError as exc:
