@@ -68,7 +68,10 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         _log.info("emulator_started", extra={"fields": {"url": origin}})
     connector = aiohttp.TCPConnector(limit=config.limits.max_concurrency + _POOL_HEADROOM,
                                      limit_per_host=0, ttl_dns_cache=300)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+    # No cookie jar: a Set-Cookie from Qwen Chat answering one caller must never ride
+    # along on another caller's request (configured cookies go in --config headers).
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
+                                    cookie_jar=aiohttp.DummyCookieJar())
     client = UpstreamClient(session, origin, config, app[METRICS])
     app[UPSTREAM] = client
     app[MODELS] = ModelsCache(models.fetcher(client, app[DIALECT]), config.models_ttl_s)

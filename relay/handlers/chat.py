@@ -46,6 +46,8 @@ SSE_HEADERS = {
 }
 _EMPTY_ANSWER = "The upstream returned an empty answer (no text)."
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
+#: coalesced client output is flushed at the latest at this size (bounded memory).
+_COALESCE_MAX_BYTES = 64 * 1024
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -121,8 +123,8 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
     # The upstream streams (qwen-v2 always does): aggregate the stream.
     stats = StreamStats()
     frames = dialect.stream_frames(upstream_payloads(upstream.iter_bytes(), max_bytes, stats), stats)
-    content, reasoning, finish, usage = await aggregate(frames)
-    return Completion(content, reasoning, finish or "stop", usage)
+    answer = await aggregate(frames)
+    return Completion(answer.content, answer.reasoning, answer.finish_reason or "stop", answer.usage)
 
 
 async def _relay_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
@@ -163,7 +165,8 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         await response.write(KEEPALIVE_COMMENT)
         stats.bytes_out += len(KEEPALIVE_COMMENT)
 
-    body = upstream.iter_bytes(keep_alive, config.timeouts.keepalive_s)
+    output = _Coalescer(response, stats)
+    body = upstream.iter_bytes(keep_alive, config.timeouts.keepalive_s, output.flush)
     payloads = upstream_payloads(body, config.limits.max_line_bytes, stats)
     frames = dialect.stream_frames(payloads, stats)
     if no_reasoning:
@@ -191,8 +194,8 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         async with closing_source(chunks):
             try:
                 async for data in chunks:
-                    await response.write(data)
-                    stats.bytes_out += len(data)
+                    await output.add(data)
+                await output.flush()
                 await response.write_eof()
             except (ConnectionResetError, asyncio.CancelledError) as exc:
                 info.client_gone = True
@@ -202,6 +205,39 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
                 return response
     info.bytes_out = stats.bytes_out
     return response
+
+
+class _Coalescer:
+    """Client output gathered until the pipeline is about to wait on the network.
+
+    A write is a syscall and a chunked-encoding frame; SSE events are small and
+    arrive in bursts (one upstream read often holds many). ``flush`` runs before
+    every upstream wait, so nothing is delayed, and at ``_COALESCE_MAX_BYTES`` so
+    memory stays bounded and backpressure still reaches the upstream.
+    """
+
+    __slots__ = ("_pending", "_response", "_size", "_stats")
+
+    def __init__(self, response: web.StreamResponse, stats: StreamStats) -> None:
+        self._response = response
+        self._stats = stats
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    async def add(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._size += len(data)
+        if self._size >= _COALESCE_MAX_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        self._size = 0
+        await self._response.write(data)
+        self._stats.bytes_out += len(data)
 
 
 async def _raising(error: RelayError) -> AsyncIterator[Frame]:

@@ -94,8 +94,13 @@ class UpstreamResponse:
         return self._response.content_type
 
     async def iter_bytes(self, on_silence: Callable[[], Awaitable[None]] | None = None,
-                         silence_s: float = 15.0) -> AsyncIterator[bytes]:
+                         silence_s: float = 15.0,
+                         before_wait: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives, with transport faults mapped to ``Upstream*``.
+
+        ``before_wait`` is awaited whenever the next read would have to wait for
+        the network: the handler flushes the client output it has coalesced, so
+        events that arrived together leave in one write, and none waits longer.
 
         ``on_silence`` is awaited after each ``silence_s`` without upstream bytes
         (the handler writes a keep-alive comment). It runs in the consumer's own
@@ -106,6 +111,14 @@ class UpstreamResponse:
         content = self._response.content
         try:
             while True:
+                chunk = content.read_nowait()  # what is already buffered, without waiting
+                if chunk:
+                    yield chunk
+                    continue
+                if content.at_eof():
+                    return
+                if before_wait is not None:
+                    await before_wait()
                 if on_silence is None:
                     chunk = await content.readany()
                 else:
