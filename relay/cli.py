@@ -209,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from .smoke import main as smoke_main
 
         sys.exit(smoke_main(args[1:]))
+    if args[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        sys.exit(bench_main(args[1:]))
     from .server import run  # imported here so ``--help`` stays fast
 
     sys.exit(run(parse_config(args)))
