@@ -17,6 +17,7 @@ from relay.emulator.server import (
     start_emulator,
 )
 from relay.emulator.state import ChatRecord, EmulatorState, RequestRecord
+from relay.emulator.tool_calls import hermes_block, tool_call_answer
 
 __all__ = [
     "EMULATOR_STATE",
@@ -28,7 +29,9 @@ __all__ = [
     "EmulatorState",
     "RequestRecord",
     "RunningEmulator",
+    "hermes_block",
     "make_emulator_app",
     "parse_directive",
     "start_emulator",
+    "tool_call_answer",
 ]

@@ -6,6 +6,12 @@ the emulator and lets the same test run against a relay in another process. In
 qwen-v2 the relay folds the whole history into one user message (§4.2), so several
 directive lines may arrive in one text: the last line wins.
 
+Tool calls: ``tool_calls: [{"name": ..., "arguments": {...}}, ...]`` makes the
+answer ``text_before`` followed by one Hermes-style ``<tool_call>`` block per call
+(what Qwen models write when a prompt lists tools); ``malformed_tool_call: true``
+adds a block whose JSON is broken. That answer text is the same in every dialect
+and goes through ``chunks``, ``split`` and the other stream knobs like any reply.
+
 Parsing is strict: an unknown field, a wrong type or a field that needs another one
 is a 400 naming the field, so a typo in a test shows up as a clear failure instead
 of a silently ignored fault. Fields that do not apply to a dialect (``keepalive_info``
@@ -21,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
+
+from relay.emulator.tool_calls import ToolCallSpec
 
 __all__ = [
     "DIRECTIVE_LINE",
@@ -122,6 +130,16 @@ class Directive:
     actual_status: int | None = None
     num: int | None = None
     details: str | None = None
+    # The answer as tool calls: text_before, then one <tool_call> block per call,
+    # then a broken block if malformed_tool_call (see tool_calls.py).
+    tool_calls: tuple[ToolCallSpec, ...] | None = None
+    text_before: str | None = None
+    malformed_tool_call: bool = False
+
+    @property
+    def has_tool_calls(self) -> bool:
+        """Whether the answer is made of tool-call blocks instead of a reply."""
+        return self.tool_calls is not None or self.malformed_tool_call
 
     @property
     def stall_s(self) -> float | None:
@@ -192,6 +210,12 @@ def build_directive(raw: Mapping[str, Any]) -> Directive:
     values = {name: _FIELDS[name](name, value) for name, value in raw.items()}
     if "reply" in values and "pieces" in values:
         raise DirectiveError("give either reply or pieces, not both")
+    if "tool_calls" in values or values.get("malformed_tool_call") is True:
+        for name in ("reply", "pieces"):
+            if name in values:
+                raise DirectiveError(f"give either {name} or tool_calls/malformed_tool_call, not both")
+    elif "text_before" in values:
+        raise DirectiveError("directive field text_before needs tool_calls or malformed_tool_call")
     fault = values.get("fault")
     if fault not in (None, *FAULTS):
         raise DirectiveError(f"unknown fault {raw['fault']!r}; known: {', '.join(sorted(FAULTS))}")
@@ -269,6 +293,28 @@ def _sources(name: str, value: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(MappingProxyType(dict(item)) for item in value)
 
 
+def _tool_calls(name: str, value: Any) -> tuple[ToolCallSpec, ...]:
+    """Accept a non-empty list of ``{"name": str, "arguments": object | str}``.
+
+    ``arguments`` may be left out (the block then has none) or be a string, which is
+    written as a JSON string: how a model that stringifies its arguments answers.
+    """
+    if not isinstance(value, list) or not value:
+        raise DirectiveError(f"directive field {name} must be a non-empty list of objects")
+    calls = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise DirectiveError(f"each item of directive field {name} needs a string name")
+        unknown = sorted(set(item) - {"name", "arguments"})
+        if unknown:
+            raise DirectiveError(f"unknown key(s) in directive field {name}: {', '.join(unknown)}")
+        arguments = item.get("arguments")
+        if "arguments" in item and not isinstance(arguments, (dict, str)):
+            raise DirectiveError(f"arguments in directive field {name} must be an object or a string")
+        calls.append(ToolCallSpec(item["name"], arguments, has_arguments="arguments" in item))
+    return tuple(calls)
+
+
 _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "reply": _string,
     "think": _string,
@@ -301,4 +347,7 @@ _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "actual_status": _count(100, 599),
     "num": _count(0),
     "details": _string,
+    "tool_calls": _tool_calls,
+    "text_before": _string,
+    "malformed_tool_call": _flag,
 }

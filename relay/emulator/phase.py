@@ -27,7 +27,7 @@ from typing import Any
 
 from relay.emulator.directive import Directive
 from relay.emulator.framing import Frame, to_json
-from relay.emulator.script import default_reply, default_thought, split_even, web_search_delta
+from relay.emulator.script import default_thought, reply_text, split_even, web_search_delta
 
 __all__ = ["Reply", "build_reply", "phase_frames", "phase_padded"]
 
@@ -67,8 +67,7 @@ def build_reply(
     if directive.pieces is not None:
         answer = directive.pieces
     else:
-        reply = directive.reply if directive.reply is not None else default_reply(user_text)
-        answer = split_even(reply, chunks)
+        answer = split_even(reply_text(directive, user_text), chunks)
     return Reply(think, answer)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from relay.emulator.directive import Directive
 from relay.emulator.faults import IN_STREAM_ERROR, error_event
 from relay.emulator.framing import Abort, Frame, Gap, Stall, Step, Write, plan_events, to_json
+from relay.emulator.tool_calls import tool_call_answer
 
 __all__ = [
     "DEFAULT_SOURCES",
@@ -38,6 +39,7 @@ __all__ = [
     "default_thought",
     "event_texts",
     "plan_stream",
+    "reply_text",
     "split_even",
     "usage_counts",
     "v1_frames",
@@ -66,6 +68,14 @@ def default_reply(user_text: str) -> str:
     """Echo the prompt so a test can tell which request an answer belongs to."""
     snippet = user_text.strip()[:ECHO_CHARS]
     return f"Hello! You said: {snippet}" if snippet else "Hello!"
+
+
+def reply_text(directive: Directive, user_text: str) -> str:
+    """The answer text when no ``pieces`` give it: tool-call blocks, the reply, or an echo."""
+    if directive.has_tool_calls:
+        return tool_call_answer(directive.text_before, directive.tool_calls,
+                                malformed=directive.malformed_tool_call)
+    return directive.reply if directive.reply is not None else default_reply(user_text)
 
 
 def split_even(text: str, chunks: int) -> tuple[str, ...]:
@@ -99,8 +109,7 @@ def build_answer(directive: Directive, user_text: str, default_chunks: int, *, t
         head = (think_block,) if think_block else ()
         increments = head + directive.pieces
         return Answer("".join(increments), increments)
-    reply = directive.reply
-    text = think_block + (reply if reply is not None else default_reply(user_text))
+    text = think_block + reply_text(directive, user_text)
     return Answer(text, split_even(text, directive.chunks or default_chunks))
 
 

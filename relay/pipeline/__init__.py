@@ -1,8 +1,12 @@
 """The streaming pipeline: composable async-generator stages, one job each.
 
-    upstream bytes ─ parse_events ─ decode_json ─ dialect.stream_frames ─ encode_sse ─ client
-                     (lines, SSE,   (JSON, stop   (normalise; qwen-v1:    (OpenAI chunks,
-                      line limit)    at [DONE])    deaccumulate)           error event, [DONE])
+    upstream bytes ─ parse_events ─ decode_json ─ dialect.stream_frames ─┐
+                     (lines, SSE,   (JSON, stop   (normalise; qwen-v1:    │
+                      line limit)    at [DONE])    deaccumulate)           │
+      ┌────────────────────────────────────────────────────────────────────┘
+      └─ extract_tool_calls ─────────── encode_sse ─────────── client
+         (when tools were sent:         (OpenAI chunks, error
+          <tool_call> → tool_calls)      event, [DONE])
 
 Timeouts are enforced where the bytes are read (``upstream.client``); the
 stages hold no sockets. Every stage closes its source however it ends, so
@@ -27,22 +31,30 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from ._util import closing_source
-from .aggregate import aggregate
+from .aggregate import Aggregate, aggregate
 from .deaccumulate import deaccumulate
 from .encode import SseEncoder, encode_sse
-from .frames import Frame, StreamStats
+from .frames import Frame, StreamStats, ToolCall
 from .parse import decode_json, parse_events
+from .toolcalls import ToolCallParser, ToolSpec, extract_tool_calls, tool_calls_json, tool_specs
 
 __all__ = [
+    "Aggregate",
     "Frame",
     "SseEncoder",
     "StreamStats",
+    "ToolCall",
+    "ToolCallParser",
+    "ToolSpec",
     "aggregate",
     "closing_source",
     "deaccumulate",
     "decode_json",
     "encode_sse",
+    "extract_tool_calls",
     "parse_events",
+    "tool_calls_json",
+    "tool_specs",
     "upstream_payloads",
 ]
 

@@ -7,6 +7,11 @@ carries ``delta: {"role": "assistant", "content": ""}``; every text delta has a
 null) carries ``usage``; then exactly one ``data: [DONE]``. An error after the
 headers went out becomes ``data: {"error": {...}}`` followed by ``[DONE]``.
 
+Tool calls: each call is one chunk, ``delta: {"tool_calls": [{"index", "id",
+"type": "function", "function": {"name", "arguments"}}]}``, the arguments whole
+(OpenAI allows them in one piece; the parser only emits complete calls). Like
+OpenAI's own, these deltas carry no ``content`` key: they are not text deltas.
+
 Chunks are built from a per-stream template: only the text is JSON-encoded per
 event, the fixed fields once per stream.
 """
@@ -53,7 +58,19 @@ class SseEncoder:
         return self._chunk('{"role":"assistant","content":""}').encode()
 
     def frame(self, frame: Frame) -> bytes:
-        """Encode one frame's text; metadata is kept for ``finish``."""
+        """Encode one frame's text, then its tool calls; metadata is kept for ``finish``."""
+        out = self._text_chunk(frame)
+        if frame.tool_calls:
+            for call in frame.tool_calls:
+                out += self._chunk(
+                    f'{{"tool_calls":[{{"index":{call.index},"id":{_dumps(call.id)},"type":"function",'
+                    f'"function":{{"name":{_dumps(call.name)},"arguments":{_dumps(call.arguments)}}}}}]}}'
+                )
+                self.stats.tool_calls += 1
+                self.stats.tool_call_chars += len(call.name) + len(call.arguments)
+        return out.encode("utf-8", "replace") if out else b""
+
+    def _text_chunk(self, frame: Frame) -> str:
         if frame.extra is None:
             if frame.reasoning:
                 delta = f'{{"content":"","reasoning_content":{_dumps(frame.reasoning)}}}'
@@ -62,7 +79,7 @@ class SseEncoder:
             elif frame.content:
                 delta = f'{{"content":{_dumps(frame.content)}}}'
             else:
-                return b""
+                return ""
         else:
             fields: dict[str, Any] = dict(frame.extra)
             fields["content"] = frame.content
@@ -71,7 +88,7 @@ class SseEncoder:
             delta = _dumps(fields)
         self.stats.content_chars += len(frame.content)
         self.stats.reasoning_chars += len(frame.reasoning)
-        return self._chunk(delta).encode("utf-8", "replace")
+        return self._chunk(delta)
 
     def finish(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
         """The closing chunk, the usage chunk when asked for, and ``[DONE]``."""
@@ -118,11 +135,13 @@ async def encode_sse(
                 data = encoder.frame(frame)
                 if data:
                     yield data
-            if not stats.content_chars and not stats.reasoning_chars and finish_reason != "length":
+            is_empty = not (stats.content_chars or stats.reasoning_chars or stats.tool_calls)
+            if is_empty and finish_reason != "length":
                 raise UpstreamProtocolError("The upstream ended the stream without any answer text.",
                                             code="upstream_empty_answer")
         except RelayError as exc:
             _log.warning("stream_error", extra={"fields": {"error_code": exc.envelope()["error"]["code"]}})
             yield encoder.error(exc)
             return
-        yield encoder.finish(finish_reason or "stop", usage or usage_estimate(stats.content_chars))
+        completion_chars = stats.content_chars + stats.tool_call_chars
+        yield encoder.finish(finish_reason or "stop", usage or usage_estimate(completion_chars))

@@ -5,7 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Frame", "StreamStats"]
+__all__ = ["Frame", "StreamStats", "ToolCall"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One complete function call the model made, ready for ``delta.tool_calls``.
+
+    Defined here, beside ``Frame`` which carries it, and re-exported by
+    ``toolcalls.py`` (the stage that makes them), so the import graph stays one-way.
+    """
+
+    #: 0, 1, 2… in order of appearance within the answer (OpenAI's ``tool_calls[].index``).
+    index: int
+    #: ``"call_"`` + 24 hex characters, unique per call.
+    id: str
+    name: str
+    #: The arguments object as compact JSON text (``ensure_ascii=False``).
+    arguments: str
 
 
 @dataclass(slots=True)
@@ -14,7 +31,8 @@ class Frame:
 
     ``content`` is cumulative until ``deaccumulate`` has run (qwen-v1), then
     incremental; ``extra`` carries delta fields we do not know, so they reach the
-    client instead of being dropped.
+    client instead of being dropped. ``tool_calls`` (set by ``extract_tool_calls``)
+    come after the frame's ``content`` in the answer.
     """
 
     content: str = ""
@@ -22,6 +40,7 @@ class Frame:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 @dataclass(slots=True)
@@ -34,6 +53,9 @@ class StreamStats:
     divergences: int = 0
     content_chars: int = 0
     reasoning_chars: int = 0
+    #: tool calls sent (``delta.tool_calls`` entries) and their name + arguments characters.
+    tool_calls: int = 0
+    tool_call_chars: int = 0
     bytes_out: int = 0
     #: qwen-v2's ``response.created`` id, needed to stop generation.
     response_id: str | None = None

@@ -1,9 +1,9 @@
 """Last stage (relay/pipeline/encode.py): frames → OpenAI chunk SSE.
 
 The wire contract the openai SDKs, Roo Code and Cline parse: a role chunk
-first, a ``content`` key in every text delta, exactly one finish chunk, a
-``choices: []`` usage chunk when asked, and exactly one final ``[DONE]`` —
-also when the stream fails after the headers went out.
+first, a ``content`` key in every text delta, ``delta.tool_calls`` entries for
+calls, exactly one finish chunk, a ``choices: []`` usage chunk when asked, and
+exactly one final ``[DONE]`` — also when the stream fails after the headers went out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 
 from relay.errors import (
     AuthenticationFailed,
@@ -24,7 +26,7 @@ from relay.errors import (
     UpstreamTimeout,
 )
 from relay.openai_wire import estimate_usage
-from relay.pipeline import Frame, SseEncoder, StreamStats, encode_sse
+from relay.pipeline import Frame, SseEncoder, StreamStats, ToolCall, encode_sse
 from relay.sse import DONE_EVENT, SseDecoder
 from tests.strategies import sse_texts, text_pieces
 
@@ -271,3 +273,82 @@ async def test_model_and_id_with_any_characters_stay_valid_json(model: str, comp
                            include_usage=True)
     assert {event["model"] for event in data[:-1]} == {model}
     assert {event["id"] for event in data[:-1]} == {completion_id}
+
+
+# -- tool calls (issue 5) -----------------------------------------------------------------
+
+CALL_A = ToolCall(index=0, id="call_" + "a" * 24, name="read_file", arguments='{"path":"a.py"}')
+CALL_B = ToolCall(index=1, id="call_" + "b" * 24, name="attempt_completion", arguments='{"result":"“done” \\n"}')
+
+
+def tool_call_deltas(data: list[Any]) -> list[dict[str, Any]]:
+    return [c["delta"] for c in choices(data) if "tool_calls" in c["delta"]]
+
+
+async def test_tool_call_chunk_has_the_openai_shape() -> None:
+    """One chunk per call: ``delta.tool_calls[{index, id, type: "function", function:
+    {name, arguments}}]``, arguments whole; the SDK's own chunk type accepts every chunk."""
+    writes, data = await encode(frames_of(Frame(tool_calls=[CALL_A, CALL_B]), Frame(finish_reason="tool_calls")),
+                                include_usage=True)
+    check_done_once_and_last(writes, data)
+    assert tool_call_deltas(data) == [
+        {"tool_calls": [{"index": 0, "id": CALL_A.id, "type": "function",
+                         "function": {"name": "read_file", "arguments": '{"path":"a.py"}'}}]},
+        {"tool_calls": [{"index": 1, "id": CALL_B.id, "type": "function",
+                         "function": {"name": "attempt_completion", "arguments": CALL_B.arguments}}]},
+    ]
+    for event in data[:-1]:
+        ChatCompletionChunk.model_validate(event)
+    assert [c["finish_reason"] for c in choices(data)].count("tool_calls") == 1
+    assert choices(data)[-1]["finish_reason"] == "tool_calls" and data[-2]["choices"] == []
+
+
+async def test_the_openai_sdk_accumulates_text_and_calls() -> None:
+    """The SDK's stream accumulator (what ``client.chat.completions.stream`` uses) sees
+    the text, both calls with their arguments, and finish_reason ``tool_calls``."""
+    _, data = await encode(frames_of(Frame(content="Reading."), Frame(tool_calls=[CALL_A]),
+                                     Frame(tool_calls=[CALL_B], finish_reason="tool_calls")), include_usage=True)
+    state: ChatCompletionStreamState = ChatCompletionStreamState()
+    for event in data[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(event))
+    choice = state.get_final_completion().choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Reading."
+    calls = choice.message.tool_calls or []
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+        (CALL_A.id, "read_file", CALL_A.arguments), (CALL_B.id, "attempt_completion", CALL_B.arguments)]
+
+
+async def test_answer_with_only_tool_calls_is_not_empty() -> None:
+    """No text and no reasoning, but a call: a normal answer, not ``upstream_empty_answer``."""
+    _, data = await encode(frames_of(Frame(tool_calls=[CALL_A]), Frame(finish_reason="tool_calls")))
+    assert not any("error" in event for event in data[:-1])
+    assert choices(data)[-1]["finish_reason"] == "tool_calls"
+
+
+async def test_text_then_calls_keep_their_order_within_a_frame() -> None:
+    """A frame's content comes before its calls; content deltas still carry ``content``."""
+    _, data = await encode(frames_of(Frame(content="Hi", reasoning="r", tool_calls=[CALL_A]), Frame(content="!")))
+    deltas = [c["delta"] for c in choices(data)[1:-1]]
+    assert deltas[0] == {"content": "Hi", "reasoning_content": "r"}
+    assert deltas[1]["tool_calls"][0]["id"] == CALL_A.id
+    assert deltas[2] == {"content": "!"}
+
+
+async def test_first_frame_may_be_a_tool_call() -> None:
+    _, data = await encode(frames_of(), first=Frame(tool_calls=[CALL_A], finish_reason="tool_calls"))
+    assert len(tool_call_deltas(data)) == 1 and choices(data)[-1]["finish_reason"] == "tool_calls"
+
+
+async def test_stats_count_tool_calls_and_usage_estimate_includes_them() -> None:
+    estimated: list[int] = []
+
+    def estimate(chars: int) -> dict[str, Any]:
+        estimated.append(chars)
+        return usage_estimate(chars)
+
+    encoder = SseEncoder(completion_id="c", created=0, model=MODEL, include_usage=True, stats=StreamStats())
+    _ = [c async for c in encode_sse(frames_of(Frame(content="ab", tool_calls=[CALL_A, CALL_B])), encoder, estimate)]
+    stats = encoder.stats
+    assert (stats.tool_calls, stats.content_chars) == (2, 2)
+    assert stats.tool_call_chars == sum(len(c.name) + len(c.arguments) for c in (CALL_A, CALL_B))
+    assert estimated == [2 + stats.tool_call_chars]
