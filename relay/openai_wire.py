@@ -128,11 +128,14 @@ def new_completion_id() -> str:
     return "chatcmpl-" + os.urandom(16).hex()
 
 
-def completion_object(*, completion_id: str, created: int, model: str, content: str,
+def completion_object(*, completion_id: str, created: int, model: str, content: str | None,
                       reasoning: str, finish_reason: str, usage: dict[str, Any],
-                      message_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build a non-stream ``chat.completion`` object."""
+                      message_extra: dict[str, Any] | None = None,
+                      tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Build a non-stream ``chat.completion`` object (``content`` None beside tool calls)."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     if reasoning:
         message["reasoning_content"] = reasoning
     if message_extra:

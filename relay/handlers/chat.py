@@ -33,6 +33,8 @@ from ..pipeline import (
     upstream_payloads,
 )
 from ..pipeline.think import THINK_CLOSE, THINK_OPEN, drop_reasoning, reasoning_as_content
+from ..pipeline.toolcalls import ToolCall, ToolCallParser, extract_tool_calls, tool_calls_json
+from ..tooling import ToolPlan, plan_tools
 from ..upstream import UpstreamResponse
 from .common import bearer_token, json_response, read_body
 from .models import resolve_request
@@ -45,6 +47,8 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",  # nginx: do not buffer this response
 }
 _EMPTY_ANSWER = "The upstream returned an empty answer (no text)."
+_MISSING_CALL = ("tool_choice required a tool call, but the model answered without one "
+                 "(the non-stream path retries once).")
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 #: coalesced client output is flushed at the latest at this size (bounded memory).
 _COALESCE_MAX_BYTES = 64 * 1024
@@ -53,34 +57,53 @@ _COALESCE_MAX_BYTES = 64 * 1024
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     info = request[INFO]
     token = bearer_token(request)
-    chat = parse_chat_request(parse_json_body(await read_body(request)))
+    plan = plan_tools(parse_chat_request(parse_json_body(await read_body(request))))
+    chat = plan.request
     info.model, info.stream = chat.model, chat.stream
     if chat.stream:
         options = await resolve_request(request, token, chat)
-        return await _stream(request, info, token, chat, options)
+        return await _stream(request, info, token, plan, options)
     deadline_s = request.app[CONFIG].timeouts.nonstream_deadline_s
     deadline = asyncio.timeout(deadline_s)
     try:
         async with deadline:
             options = await resolve_request(request, token, chat)
             completion = await _complete(request, info, token, chat, options)
+            text, calls = _split_calls(completion.content, plan)
+            if plan.forced and not calls:
+                # tool_choice demanded a call and the model answered in prose: one more try.
+                completion = await _complete(request, info, token, chat, options)
+                text, calls = _split_calls(completion.content, plan)
+                if not calls:
+                    raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
     except TimeoutError as exc:
         if not deadline.expired():
             raise  # an UpstreamTimeout of its own (it is a TimeoutError too)
         raise UpstreamTimeout(f"No complete answer within {deadline_s:g} s (--nonstream-deadline).",
                               code="nonstream_deadline") from exc
-    return await _completion_response(request, info, chat, options, completion)
+    return await _completion_response(request, info, chat, options, completion, text, calls)
 
 
-async def _stream(request: web.Request, info: RequestInfo, token: str, chat: ChatRequest,
+def _split_calls(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
+    """Tool-call blocks out of a whole answer (the non-stream path)."""
+    if not plan.specs:
+        return text, []
+    parser = ToolCallParser(plan.specs)
+    pieces = parser.feed(text) + parser.flush()
+    calls = [piece for piece in pieces if isinstance(piece, ToolCall)]
+    return "".join(piece for piece in pieces if isinstance(piece, str)), calls
+
+
+async def _stream(request: web.Request, info: RequestInfo, token: str, plan: ToolPlan,
                   options: ChatOptions) -> web.StreamResponse:
+    chat = plan.request
     app = request.app
     client, dialect = app[UPSTREAM], app[DIALECT]
     async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
         call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
         async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
             info.upstream_attempts = upstream.attempts
-            return await _relay_stream(request, info, upstream, dialect, chat, call, token,
+            return await _relay_stream(request, info, upstream, dialect, plan, call, token,
                                        options.thinking is False)
 
 
@@ -97,19 +120,24 @@ async def _complete(request: web.Request, info: RequestInfo, token: str, chat: C
 
 
 async def _completion_response(request: web.Request, info: RequestInfo, chat: ChatRequest,
-                               options: ChatOptions, completion: Completion) -> web.Response:
-    if not completion.content and completion.finish_reason != "length":
+                               options: ChatOptions, completion: Completion, text: str,
+                               calls: list[ToolCall]) -> web.Response:
+    if not text and not calls and completion.finish_reason != "length":
         raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
-    content, reasoning = completion.content, completion.reasoning
+    content, reasoning = text, completion.reasoning
     if options.thinking is False:
         reasoning = ""  # the client turned thinking off: none of it, in any field
     if reasoning and request.app[CONFIG].reasoning_in_content:
         content, reasoning = f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n\n{content}", ""
     usage = completion.usage or estimate_usage(chat.messages, len(completion.content))
+    finish = completion.finish_reason
+    if calls and finish == "stop":
+        finish = "tool_calls"
     body = completion_object(
-        completion_id=new_completion_id(), created=now(), model=chat.model, content=content,
-        reasoning=reasoning, finish_reason=completion.finish_reason, usage=usage,
-        message_extra=completion.message_extra,
+        completion_id=new_completion_id(), created=now(), model=chat.model,
+        content=content if content or not calls else None, reasoning=reasoning, finish_reason=finish,
+        usage=usage, message_extra=completion.message_extra,
+        tool_calls=tool_calls_json(calls) if calls else None,
     )
     response = await json_response(request, _dumps(body))
     info.bytes_out = response.content_length or 0
@@ -128,13 +156,13 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
 
 
 async def _relay_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
-                        dialect: Dialect, chat: ChatRequest, call: UpstreamCall,
+                        dialect: Dialect, plan: ToolPlan, call: UpstreamCall,
                         token: str, no_reasoning: bool) -> web.StreamResponse:
     """Stream the answer; on the way out, record metrics and stop an abandoned upstream."""
     stats = StreamStats()
     started = time.perf_counter()
     try:
-        return await _write_stream(request, info, upstream, dialect, chat, stats, no_reasoning)
+        return await _write_stream(request, info, upstream, dialect, plan, stats, no_reasoning)
     finally:
         metrics = request.app[METRICS]
         metrics.stream_duration.observe(time.perf_counter() - started)
@@ -147,10 +175,11 @@ async def _relay_stream(request: web.Request, info: RequestInfo, upstream: Upstr
 
 
 async def _write_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
-                        dialect: Dialect, chat: ChatRequest, stats: StreamStats,
+                        dialect: Dialect, plan: ToolPlan, stats: StreamStats,
                         no_reasoning: bool) -> web.StreamResponse:
     """Peek the first frame (errors so far still get a JSON status), then stream."""
     config = request.app[CONFIG]
+    chat = plan.request
     if upstream.content_type == "application/json":
         # An error body with a 2xx status, where a stream was expected.
         dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
@@ -169,6 +198,10 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
     body = upstream.iter_bytes(keep_alive, config.timeouts.keepalive_s, output.flush)
     payloads = upstream_payloads(body, config.limits.max_line_bytes, stats)
     frames = dialect.stream_frames(payloads, stats)
+    if plan.specs:
+        frames = extract_tool_calls(frames, plan.specs)
+        if plan.forced:
+            frames = _require_tool_call(frames)
     if no_reasoning:
         frames = drop_reasoning(frames)
     elif config.reasoning_in_content:
@@ -238,6 +271,22 @@ class _Coalescer:
         self._size = 0
         await self._response.write(data)
         self._stats.bytes_out += len(data)
+
+
+async def _require_tool_call(frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+    """tool_choice required a call: a stream that ends without one ends with an error event.
+
+    A stream cannot be retried once bytes went out, so the client is told plainly.
+    """
+    called = False
+    async with closing_source(frames):
+        async for frame in frames:
+            called = called or bool(frame.tool_calls)
+            if frame.finish_reason is not None and not called:
+                raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
+            yield frame
+    if not called:
+        raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
 
 
 async def _raising(error: RelayError) -> AsyncIterator[Frame]:
