@@ -90,6 +90,8 @@ async def relay_middleware(request: web.Request, handler: Handler) -> web.Stream
         except Exception:  # noqa: BLE001 (the one place that must catch everything)
             _error.exception("unhandled_error", extra={"fields": {"path": request.path}})
             response = error_response(RelayError("The relay failed while handling this request."))
+        if isinstance(response, web.Response) and response.keep_alive is False and response.status == 408:
+            await _send_and_close(request, response)
         if info.error_code is None and response.status >= 400 and isinstance(response, web.Response):
             info.error_code = _code_of(response)
         status = 499 if info.client_gone else response.status
@@ -110,8 +112,19 @@ async def relay_middleware(request: web.Request, handler: Handler) -> web.Stream
         request_id_var.reset(token)
 
 
+async def _send_and_close(request: web.Request, response: web.Response) -> None:
+    """Send an error that ends the connection, then close it at once.
+
+    Without this aiohttp would keep reading ("lingering") a slowloris body for
+    10 s after the 408; the point of the 408 is to stop doing that.
+    """
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+
+
 def error_response(exc: RelayError) -> web.Response:
-    body = json.dumps(exc.envelope(), ensure_ascii=False).encode()
+    body = json.dumps(exc.envelope(), ensure_ascii=False).encode("utf-8", "replace")
     response = web.Response(status=exc.http_status, body=body, content_type="application/json")
     if exc.retry_after_s is not None:
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "usage_from_upstream",
 ]
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 _INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed")
@@ -50,11 +52,18 @@ def parse_json_body(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid UTF-8 (byte {exc.start}).") from exc
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(text, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise InvalidRequest("The request body is nested too deeply to parse.") from exc
     except ValueError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from exc
+    if _SURROGATE_ESCAPE.search(text):
+        # "\ud800" alone decodes to a string no UTF-8 encoder accepts; pairs (emoji) are fine.
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest("The request body contains an unpaired UTF-16 surrogate escape.") from exc
+    return body
 
 
 def _reject_constant(name: str) -> Any:

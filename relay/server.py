@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+from typing import Any
 
 from aiohttp import web
 
@@ -27,7 +28,7 @@ from .keys import GATE, LIFECYCLE, UPSTREAM
 from .logs import setup_logging
 from .systemd import notify
 
-__all__ = ["drain", "run", "serve"]
+__all__ = ["RUNNER_OPTIONS", "drain", "run", "serve"]
 
 _log = logging.getLogger("relay.error")
 
@@ -36,6 +37,15 @@ _ABORT_GRACE_S = 3.0
 #: idle keep-alive connections close after this; longer than nginx's upstream 60 s
 #: so nginx, not the relay, closes a pooled connection (no race on reuse).
 _KEEPALIVE_S = 75.0
+#: aiohttp server settings the relay depends on (tests start their servers with them too):
+#: a client disconnect cancels its handler (and so the upstream request); idle
+#: keep-alive ends after 75 s; header fields up to 16 KiB reach the relay's own checks
+#: (a too-long token gets the OpenAI 401, not aiohttp's plain 400 that quotes it).
+RUNNER_OPTIONS: dict[str, Any] = {
+    "handler_cancellation": True,
+    "keepalive_timeout": _KEEPALIVE_S,
+    "max_field_size": 16 * 1024,
+}
 #: the socket nginx connects to must be writable by nginx's user.
 _UNIX_SOCKET_MODE = 0o666
 
@@ -43,8 +53,7 @@ _UNIX_SOCKET_MODE = 0o666
 async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
     """Listen until ``stop`` is set, then drain and close everything in order."""
     app = make_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=_ABORT_GRACE_S,
-                           keepalive_timeout=_KEEPALIVE_S)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_ABORT_GRACE_S, **RUNNER_OPTIONS)
     await runner.setup()
     site: web.BaseSite
     if config.unix:

@@ -18,6 +18,7 @@ from pytest_aiohttp import AiohttpServer
 from relay.app import make_app
 from relay.config import Config, Limits, Timeouts
 from relay.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from relay.server import RUNNER_OPTIONS
 
 TOKEN = "test-token-0123456789"
 MODEL = "qwen-max-latest"
@@ -59,7 +60,9 @@ def relay_factory(aiohttp_server: AiohttpServer, emulator: RunningEmulator) -> R
         upstream = overrides.pop("upstream", emulator.url)
         overrides.setdefault("dialect", "qwen-v1")
         config = Config(upstream=upstream, timeouts=timeouts, limits=limits, **overrides)
-        server = await aiohttp_server(make_app(config), host="127.0.0.1")
+        # TestServer always sets handler_cancellation=True itself; pass the rest.
+        options = {k: v for k, v in RUNNER_OPTIONS.items() if k != "handler_cancellation"}
+        server = await aiohttp_server(make_app(config), host="127.0.0.1", **options)
         return str(server.make_url("")).rstrip("/")
 
     return start

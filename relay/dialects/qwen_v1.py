@@ -124,8 +124,10 @@ async def _frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -
             if not isinstance(delta, dict):
                 delta = {}
             if delta.get("name") == "web_search":
-                info = (delta.get("extra") or {}).get("web_search_info")
-                stats.sources.extend(item for item in info or () if isinstance(item, dict))
+                extra = delta.get("extra")
+                info = extra.get("web_search_info") if isinstance(extra, dict) else None
+                if isinstance(info, list):
+                    stats.sources.extend(item for item in info if isinstance(item, dict))
                 continue  # not answer text: kept out of the cumulative count
             content = delta.get("content")
             finish = choice.get("finish_reason")

@@ -31,6 +31,8 @@ from .frames import Frame, StreamStats
 __all__ = ["SseEncoder", "encode_sse"]
 
 _log = logging.getLogger("relay.error")
+#: the finish reasons of the OpenAI wire format.
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -93,15 +95,17 @@ class SseEncoder:
     def finish(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
         """The closing chunk, the usage chunk when asked for, and ``[DONE]``."""
         self._finished = True
+        if finish_reason not in FINISH_REASONS:
+            finish_reason = "stop"  # whatever the upstream invented, clients know these only
         out = self._chunk("{}", finish_reason)
         if self._include_usage:
             out += f'{self._head}[],"usage":{_dumps(usage)}}}\n\n'
-        return out.encode() + DONE_EVENT
+        return out.encode("utf-8", "replace") + DONE_EVENT
 
     def error(self, exc: RelayError) -> bytes:
         """An in-stream error event, then ``[DONE]``."""
         self._finished = True
-        return b"data: " + _dumps(exc.envelope()).encode() + b"\n\n" + DONE_EVENT
+        return b"data: " + _dumps(exc.envelope()).encode("utf-8", "replace") + b"\n\n" + DONE_EVENT
 
 
 async def encode_sse(

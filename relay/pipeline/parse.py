@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -43,6 +44,16 @@ async def parse_events(chunks: AsyncIterable[bytes], max_line_bytes: int,
             stats.comments = decoder.comments
 
 
+def _not_json(name: str) -> None:
+    # NaN/Infinity are not JSON: passed on, they would break every client's parser.
+    return None
+
+
+def _finite_float(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None  # 1e999 overflows to inf: not JSON either
+
+
 async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
     """Decode each event's data as a JSON object; stop at ``[DONE]``."""
     async with closing_source(events):
@@ -51,7 +62,7 @@ async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> As
             if data.strip() == _DONE:
                 return
             try:
-                payload = json.loads(data)
+                payload = json.loads(data, parse_constant=_not_json, parse_float=_finite_float)
             except (ValueError, RecursionError):
                 payload = None
             if not isinstance(payload, dict):

@@ -225,7 +225,7 @@ class UpstreamClient:
                    "Accept": "text/event-stream" if stream else "application/json"}
         data = None
         if json_body is not None:
-            data = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode()
+            data = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
             headers["Content-Type"] = "application/json"
         url = self._origin + path
         for attempt in range(1, attempts + 1):
@@ -277,6 +277,8 @@ class UpstreamClient:
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise _Retryable(UpstreamUnavailable(
                 f"Cannot reach the upstream: {type(exc).__name__}.")) from exc
+        except aiohttp.ClientError as exc:  # e.g. "Bad status line": not an HTTP server
+            raise UpstreamProtocolError(f"The upstream did not answer in HTTP: {type(exc).__name__}.") from exc
         try:
             await self._check(response)
         except BaseException:
