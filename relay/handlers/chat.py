@@ -217,7 +217,7 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         except ConnectionResetError:
             info.client_gone = True
             return response
-        if first is None and not response.prepared:
+        if not response.prepared and (first is None or _ends_empty(first)):
             raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
         if not response.prepared:
             await response.prepare(request)
@@ -271,6 +271,12 @@ class _Coalescer:
         self._size = 0
         await self._response.write(data)
         self._stats.bytes_out += len(data)
+
+
+def _ends_empty(frame: Frame) -> bool:
+    """The first frame already ends the answer, and there is nothing in it."""
+    return (frame.finish_reason not in (None, "length") and not frame.content and not frame.reasoning
+            and not frame.tool_calls)
 
 
 async def _require_tool_call(frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
