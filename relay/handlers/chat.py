@@ -209,7 +209,7 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
     async with closing_source(frames):
         rest: AsyncIterator[Frame] = frames
         try:
-            first = await anext(frames, None)
+            first = await _first_substantial(frames)
         except RelayError as exc:
             if not response.prepared:
                 raise  # nothing sent yet: the middleware answers with the right status
@@ -271,6 +271,22 @@ class _Coalescer:
         self._size = 0
         await self._response.write(data)
         self._stats.bytes_out += len(data)
+
+
+async def _first_substantial(frames: AsyncIterator[Frame]) -> Frame | None:
+    """The first frame that carries more than usage; its usage is the latest seen.
+
+    qwen-v2 puts running usage on frames with no text: they must not count as the
+    start of the answer, or an empty answer would commit a 200 before failing.
+    """
+    usage = None
+    async for frame in frames:
+        if frame.content or frame.reasoning or frame.tool_calls or frame.finish_reason or frame.extra:
+            if frame.usage is None:
+                frame.usage = usage
+            return frame
+        usage = frame.usage or usage
+    return None
 
 
 def _ends_empty(frame: Frame) -> bool:
