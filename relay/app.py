@@ -12,12 +12,13 @@ from aiohttp import web
 from .config import EMULATOR_UPSTREAM, Config
 from .dialects import get_dialect
 from .handlers import chat, health, models
-from .keys import CONFIG, DIALECT, GATE, LIFECYCLE, METRICS, MODELS, UPSTREAM
+from .keys import CONFIG, DIALECT, GATE, LIFECYCLE, METRICS, MODELS, OPERATOR, POOL_MODELS, UPSTREAM
 from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
 from .metrics import Metrics
 from .middleware import add_response_headers, preflight, relay_middleware
 from .models_cache import ModelsCache
+from .operator import Operator
 from .upstream import UpstreamClient
 
 __all__ = ["make_app"]
@@ -44,6 +45,8 @@ def make_app(config: Config) -> web.Application:
                                       lambda: gate.rejected),
         "qwen_relay_draining": ("1 while the relay drains after SIGTERM.", lambda: int(lifecycle.draining)),
     })
+    operator = app[OPERATOR] = Operator(config.operator)
+    metrics.collectors.append(operator.render_metrics)
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(add_response_headers)
     app.router.add_get("/healthz", health.healthz, allow_head=True)
@@ -75,10 +78,12 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     client = UpstreamClient(session, origin, config, app[METRICS])
     app[UPSTREAM] = client
     app[MODELS] = ModelsCache(models.fetcher(client, app[DIALECT]), config.models_ttl_s)
+    app[POOL_MODELS] = ModelsCache(models.pool_fetcher(client, app[DIALECT], app[OPERATOR]), config.models_ttl_s)
     try:
         yield
     finally:
         await app[MODELS].close()
+        await app[POOL_MODELS].close()
         await session.close()
         if emulator is not None:
             await emulator.close()

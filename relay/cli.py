@@ -2,6 +2,9 @@
 
 Precedence is flag > ``QWEN_RELAY_<NAME>`` env var > default (uvicorn's
 ``auto_envvar_prefix``). The result is one frozen ``Config``.
+
+Subcommands: ``smoke`` (check a running relay), ``bench``, and ``hash-key``
+(print the ``sha256:<hex>`` of a relay key read from stdin, for ``[[operator.keys]]``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 
 from .config import LOG_LEVELS, Config, Limits, Timeouts
 from .config_file import ConfigFile, ConfigFileError, load_config_file
+from .operator.config import OperatorConfig, hash_key, with_env
 
-__all__ = ["ENV_PREFIX", "main", "parse_config"]
+__all__ = ["ENV_PREFIX", "hash_key_main", "load_operator", "main", "parse_config"]
 
 ENV_PREFIX = "QWEN_RELAY_"
 
@@ -166,6 +170,10 @@ def parse_config(argv: Sequence[str] | None = None,
             parser.error(str(exc))
     v = _resolve(parser, args, environ, file.settings, config_path or "")
     try:
+        operator = with_env(file.operator or OperatorConfig(), environ, ENV_PREFIX)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
         return Config(
             host=v["host"],
             port=v["port"],
@@ -181,6 +189,8 @@ def parse_config(argv: Sequence[str] | None = None,
             drain_timeout_s=v["drain_timeout"],
             unix=v["unix"] or None,
             upstream_headers=file.headers,
+            operator=operator,
+            config_file=config_path or None,
             timeouts=Timeouts(upstream_s=v["timeout"], client_body_s=v["body_timeout"],
                               queue_s=v["queue_timeout"], nonstream_deadline_s=v["nonstream_deadline"],
                               keepalive_s=v["keepalive_interval"]),
@@ -202,6 +212,33 @@ def _name_env_source(message: str, args: argparse.Namespace, environ: Mapping[st
     return message
 
 
+def load_operator(path: str | None, environ: Mapping[str, str]) -> OperatorConfig:
+    """Re-read the operator settings (SIGHUP): the whole file is checked, env vars applied.
+
+    Raises ``ValueError`` (``ConfigFileError`` included) for a bad file; the caller keeps the old settings.
+    """
+    file = load_config_file(path, _SETTING_NAMES) if path else ConfigFile()
+    return with_env(file.operator or OperatorConfig(), environ, ENV_PREFIX)
+
+
+def hash_key_main(argv: Sequence[str], stdin: Any = None, stdout: Any = None) -> int:
+    """``qwen-relay hash-key``: read one key from stdin, print ``sha256:<hex>``.
+
+    From stdin rather than an argument, so the key stays out of shell history and ``ps``.
+    """
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    if argv:
+        print("usage: qwen-relay hash-key < keyfile   (reads the key from stdin)", file=sys.stderr)
+        return 2
+    key = stdin.read().strip()
+    if not key:
+        print("qwen-relay hash-key: no key on stdin", file=sys.stderr)
+        return 2
+    print(hash_key(key), file=stdout)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``qwen-relay`` and ``python -m relay``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -213,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from .bench import main as bench_main
 
         sys.exit(bench_main(args[1:]))
+    if args[:1] == ["hash-key"]:
+        sys.exit(hash_key_main(args[1:]))
     from .server import run  # imported here so ``--help`` stays fast
 
-    sys.exit(run(parse_config(args)))
+    config = parse_config(args)
+    environ = dict(os.environ)
+    sys.exit(run(config, reload_operator=lambda: load_operator(config.config_file, environ)))

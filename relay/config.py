@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .operator.config import OperatorConfig
+
 __all__ = ["DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "Config", "Limits", "Timeouts"]
 
 #: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
@@ -81,6 +83,10 @@ class Config:
     loop: str = "auto"
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    #: ``[operator]``: passthrough (default), or relay keys over a pool of Qwen tokens.
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
+    #: the ``--config`` file, re-read for ``[operator]`` on SIGHUP.
+    config_file: str | None = None
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "--port must be between 0 and 65535")

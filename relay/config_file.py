@@ -16,6 +16,9 @@ start with the line and the field, never half-applied.
     [upstream.headers]
     "bx-v" = "2.5.36"
     "User-Agent" = "Mozilla/5.0 …"
+
+The ``[operator]`` tables (relay keys, the Qwen token pool, the mode) are
+parsed by ``relay.operator.config``; see its docstring and the README.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .operator.config import OperatorConfig, parse_operator
 
 __all__ = ["ConfigFile", "ConfigFileError", "load_config_file"]
 
@@ -42,12 +47,31 @@ class ConfigFile:
     #: flag name (underscores) → raw value, still to be parsed like a flag value.
     settings: dict[str, Any] = field(default_factory=dict)
     headers: tuple[tuple[str, str], ...] = ()
+    #: None when the file has no ``[operator]`` table.
+    operator: OperatorConfig | None = None
 
 
 def _line_of(text: str, key: str) -> str:
     pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
     match = pattern.search(text)
     return f"line {text.count(chr(10), 0, match.start()) + 1}, " if match else ""
+
+
+def _line_in_array_table(text: str, table: str, index: int, key: str) -> str:
+    """``line N, `` of ``key`` inside the index-th ``[[table]]``, else of its header."""
+    headers = list(re.finditer(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]", text, re.MULTILINE))
+    if index >= len(headers):
+        return ""
+    start = headers[index].start()
+    end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
+    next_table = re.compile(r"^\s*\[", re.MULTILINE).search(text, headers[index].end())
+    if next_table is not None:
+        end = min(end, next_table.start())
+    match = None
+    if key:
+        match = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE).search(text, start, end)
+    position = match.start() if match else start
+    return f"line {text.count(chr(10), 0, position) + 1}, "
 
 
 def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
@@ -63,13 +87,17 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: invalid TOML: {exc}") from exc
 
-    def fail(key: str, message: str) -> ConfigFileError:
-        return ConfigFileError(f"{path}: {_line_of(text, key.rsplit('.', 1)[-1])}{key}: {message}")
+    def fail(key: str, message: str, line: str | None = None) -> ConfigFileError:
+        where = _line_of(text, key.rsplit(".", 1)[-1]) if line is None else line
+        return ConfigFileError(f"{path}: {where}{key}: {message}")
 
-    unknown_tables = set(data) - {"relay", "upstream"}
+    def line_in_key(index: int, name: str) -> str:
+        return _line_in_array_table(text, "operator.keys", index, name)
+
+    unknown_tables = set(data) - {"relay", "upstream", "operator"}
     if unknown_tables:
         name = min(unknown_tables)
-        raise fail(name, "unknown table (expected [relay] and [upstream])")
+        raise fail(name, "unknown table (expected [relay], [upstream] and [operator])")
     settings: dict[str, Any] = {}
     relay = data.get("relay", {})
     if not isinstance(relay, dict):
@@ -95,7 +123,8 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
             headers.append(_header(fail, "Cookie", value, key="upstream.cookies"))
         else:
             raise fail(f"upstream.{key}", "unknown setting (expected headers or cookies)")
-    return ConfigFile(settings=settings, headers=tuple(headers))
+    operator = parse_operator(data["operator"], fail, line_in_key) if "operator" in data else None
+    return ConfigFile(settings=settings, headers=tuple(headers), operator=operator)
 
 
 def _header(fail: Any, name: str, value: Any, key: str | None = None) -> tuple[str, str]:

@@ -16,11 +16,14 @@ __all__ = [
     "BodyTooLarge",
     "Draining",
     "InvalidRequest",
+    "KeyRateLimited",
     "MethodNotAllowed",
+    "ModelNotAllowed",
     "ModelNotFound",
     "NotFound",
     "OriginNotAllowed",
     "Overloaded",
+    "PoolExhausted",
     "RelayError",
     "RequestTimeout",
     "StreamLimitExceeded",
@@ -192,3 +195,31 @@ class StreamLimitExceeded(UpstreamProtocolError):
     """An upstream SSE line longer than ``--max-line-bytes``."""
 
     code = "upstream_line_too_long"
+
+
+class ModelNotAllowed(RelayError):
+    """Operator mode: the caller's relay key is not allowed this model.
+
+    403 rather than OpenAI's 404 ``model_not_found``: the model exists, and an
+    operator debugging a client wants to see that the key, not the model, is the cause.
+    """
+
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class KeyRateLimited(RelayError):
+    """Operator mode: the caller's relay key is over its rpm or concurrency limit."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class PoolExhausted(RelayError):
+    """Operator mode: every Qwen token of the pool is disabled or cooling down."""
+
+    status = 503
+    type = "server_error"
+    code = "no_upstream_token"

@@ -10,9 +10,10 @@ from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
 from .metrics import Metrics
 from .models_cache import ModelsCache
+from .operator import Operator
 from .upstream import UpstreamClient
 
-__all__ = ["CONFIG", "DIALECT", "GATE", "LIFECYCLE", "METRICS", "MODELS", "UPSTREAM"]
+__all__ = ["CONFIG", "DIALECT", "GATE", "LIFECYCLE", "METRICS", "MODELS", "OPERATOR", "POOL_MODELS", "UPSTREAM"]
 
 CONFIG = web.AppKey("config", Config)
 DIALECT = web.AppKey("dialect", Dialect)
@@ -21,3 +22,6 @@ UPSTREAM = web.AppKey("upstream", UpstreamClient)
 MODELS = web.AppKey("models", ModelsCache)
 METRICS = web.AppKey("metrics", Metrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+OPERATOR = web.AppKey("operator", Operator)
+#: operator mode: one model list for the whole token pool (one upstream call per TTL).
+POOL_MODELS = web.AppKey("pool_models", ModelsCache)

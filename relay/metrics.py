@@ -3,8 +3,9 @@
 Hand-written rather than ``prometheus-client``: the relay updates a handful of
 series on every request from one event loop, so plain dict increments (no locks)
 keep the cost negligible next to the request itself. Label values are bounded
-sets chosen by the relay (route templates, status codes, reason codes); no
-token, key or prompt ever becomes a label.
+sets chosen by the relay (route templates, status codes, reason codes) or by the
+operator's config (relay key names, 8-digit token fingerprints); no token, key
+or prompt ever becomes a label.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Metrics:
         self.garbage_events = 0
         #: read at render time: the live gate and drain state.
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        #: more families rendered at the end, each as ready lines (operator keys and tokens).
+        self.collectors: list[Callable[[], list[str]]] = []
 
     def count_request(self, method: str, route: str, status: int) -> None:
         key = (method, route, status)
@@ -114,6 +117,8 @@ class Metrics:
         out.append(f"qwen_relay_upstream_garbage_events_total {self.garbage_events}")
         family("qwen_relay_client_disconnects_total", "counter", "Clients that left before the answer ended.")
         out.append(f"qwen_relay_client_disconnects_total {self.client_disconnects}")
+        for collect in self.collectors:
+            out.extend(collect())
         return "\n".join(out) + "\n"
 
 

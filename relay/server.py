@@ -8,6 +8,10 @@ Shutdown (SIGTERM or SIGINT), after uvicorn's ``should_exit`` / ``force_exit``:
   3. abort the upstream of whatever is still open: each of those streams ends
      with an error event and ``data: [DONE]`` instead of a cut connection;
   4. close keep-alive connections and the upstream session; exit 0.
+
+SIGHUP re-reads the ``--config`` file's ``[operator]`` section (keys, tokens,
+mode). The whole file is parsed first; a bad one is logged and ignored, so the
+old settings stay. Open streams keep the key and token they hold.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,11 +29,12 @@ from aiohttp import web
 from .app import make_app
 from .config import Config
 from .errors import Draining
-from .keys import GATE, LIFECYCLE, UPSTREAM
+from .keys import GATE, LIFECYCLE, OPERATOR, UPSTREAM
 from .logs import setup_logging
+from .operator import OperatorConfig
 from .systemd import notify
 
-__all__ = ["RUNNER_OPTIONS", "drain", "run", "serve"]
+__all__ = ["RUNNER_OPTIONS", "drain", "reload_operator", "run", "serve"]
 
 _log = logging.getLogger("relay.error")
 
@@ -50,9 +56,15 @@ RUNNER_OPTIONS: dict[str, Any] = {
 _UNIX_SOCKET_MODE = 0o666
 
 
-async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
+Reload = Callable[[], OperatorConfig]
+
+
+async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None = None,
+                reload: Reload | None = None) -> None:
     """Listen until ``stop`` is set, then drain and close everything in order."""
     app = make_app(config)
+    if reload is not None and hasattr(signal, "SIGHUP"):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_operator, app, reload)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_ABORT_GRACE_S, **RUNNER_OPTIONS)
     await runner.setup()
     site: web.BaseSite
@@ -76,6 +88,17 @@ async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None
     notify(f"READY=1\nSTATUS=serving on {where}")
     await stop.wait()
     await drain(app, runner, config.drain_timeout_s, force or asyncio.Event())
+
+
+def reload_operator(app: web.Application, reload: Reload) -> bool:
+    """Apply a freshly parsed operator config, or log why not and keep the old one."""
+    try:
+        new = reload()
+    except ValueError as exc:  # ConfigFileError too: the message names line and field
+        _log.error("config_reload_failed", extra={"fields": {"error": str(exc)}})
+        return False
+    app[OPERATOR].apply(new)
+    return True
 
 
 async def drain(app: web.Application, runner: web.AppRunner, timeout_s: float, force: asyncio.Event) -> None:
@@ -115,8 +138,8 @@ def _use_loop(choice: str) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def run(config: Config) -> int:
-    """Blocking entry point: serve until SIGINT or SIGTERM; return the exit code."""
+def run(config: Config, reload_operator: Reload | None = None) -> int:
+    """Blocking entry point: serve until SIGINT or SIGTERM (SIGHUP reloads); return the exit code."""
     setup_logging(config.log_level)
 
     async def main() -> None:
@@ -128,7 +151,7 @@ def run(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        await serve(config, stop, force)
+        await serve(config, stop, force, reload_operator)
 
     _use_loop(config.loop)
     try:

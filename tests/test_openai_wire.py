@@ -302,6 +302,9 @@ ERROR_STATUSES: dict[type[RelayError], int] = {
     errors.UpstreamProtocolError: 502,
     errors.UpstreamChallenge: 502,
     errors.StreamLimitExceeded: 502,
+    errors.ModelNotAllowed: 403,
+    errors.KeyRateLimited: 429,
+    errors.PoolExhausted: 503,
 }
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
 from ..errors import RelayError, UpstreamProtocolError, UpstreamTimeout
-from ..keys import CONFIG, DIALECT, GATE, METRICS, UPSTREAM
+from ..keys import CONFIG, DIALECT, GATE, METRICS, OPERATOR, UPSTREAM
 from ..middleware import INFO, RequestInfo
 from ..openai_wire import (
     ChatRequest,
@@ -23,6 +23,7 @@ from ..openai_wire import (
     parse_chat_request,
     parse_json_body,
 )
+from ..operator.auth import Caller, with_upstream_token
 from ..pipeline import (
     Frame,
     SseEncoder,
@@ -36,7 +37,8 @@ from ..pipeline.think import THINK_CLOSE, THINK_OPEN, drop_reasoning, reasoning_
 from ..pipeline.toolcalls import ToolCall, ToolCallParser, extract_tool_calls, tool_calls_json
 from ..tooling import ToolPlan, plan_tools
 from ..upstream import UpstreamResponse
-from .common import bearer_token, json_response, read_body
+from .common import caller as identify_caller
+from .common import json_response, read_body
 from .models import resolve_request
 
 __all__ = ["chat_completions"]
@@ -56,23 +58,29 @@ _COALESCE_MAX_BYTES = 64 * 1024
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     info = request[INFO]
-    token = bearer_token(request)
+    caller = identify_caller(request)
     plan = plan_tools(parse_chat_request(parse_json_body(await read_body(request))))
     chat = plan.request
     info.model, info.stream = chat.model, chat.stream
+    with caller.admit(chat.model):  # a relay key's model, rpm and concurrency limits
+        return await _answer(request, info, caller, plan)
+
+
+async def _answer(request: web.Request, info: RequestInfo, caller: Caller, plan: ToolPlan) -> web.StreamResponse:
+    chat = plan.request
     if chat.stream:
-        options = await resolve_request(request, token, chat)
-        return await _stream(request, info, token, plan, options)
+        options = await resolve_request(request, caller, chat)
+        return await _stream(request, info, caller, plan, options)
     deadline_s = request.app[CONFIG].timeouts.nonstream_deadline_s
     deadline = asyncio.timeout(deadline_s)
     try:
         async with deadline:
-            options = await resolve_request(request, token, chat)
-            completion = await _complete(request, info, token, chat, options)
+            options = await resolve_request(request, caller, chat)
+            completion = await _complete(request, info, caller, chat, options)
             text, calls = _split_calls(completion.content, plan)
             if plan.forced and not calls:
                 # tool_choice demanded a call and the model answered in prose: one more try.
-                completion = await _complete(request, info, token, chat, options)
+                completion = await _complete(request, info, caller, chat, options)
                 text, calls = _split_calls(completion.content, plan)
                 if not calls:
                     raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
@@ -94,29 +102,40 @@ def _split_calls(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
     return "".join(piece for piece in pieces if isinstance(piece, str)), calls
 
 
-async def _stream(request: web.Request, info: RequestInfo, token: str, plan: ToolPlan,
+async def _stream(request: web.Request, info: RequestInfo, caller: Caller, plan: ToolPlan,
                   options: ChatOptions) -> web.StreamResponse:
     chat = plan.request
     app = request.app
     client, dialect = app[UPSTREAM], app[DIALECT]
-    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
+
+    async def exchange(token: str) -> web.StreamResponse:
+        # Pool mode may run this again on another token after a 401/403/429: safe,
+        # because an error leaves here only while the response is unprepared
+        # (_write_stream turns later errors into SSE error events).
         call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
         async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
             info.upstream_attempts = upstream.attempts
             return await _relay_stream(request, info, upstream, dialect, plan, call, token,
                                        options.thinking is False)
 
+    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
+        return await with_upstream_token(app[OPERATOR], caller, exchange)
 
-async def _complete(request: web.Request, info: RequestInfo, token: str, chat: ChatRequest,
+
+async def _complete(request: web.Request, info: RequestInfo, caller: Caller, chat: ChatRequest,
                     options: ChatOptions) -> Completion:
     app = request.app
     client, dialect = app[UPSTREAM], app[DIALECT]
-    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
+
+    async def exchange(token: str) -> Completion:
         call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
         async with client.open("POST", call.path, token=token, json_body=call.body,
                                stream=call.stream) as upstream:
             info.upstream_attempts = upstream.attempts
             return await _read_completion(request, upstream, dialect)
+
+    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
+        return await with_upstream_token(app[OPERATOR], caller, exchange)
 
 
 async def _completion_response(request: web.Request, info: RequestInfo, chat: ChatRequest,

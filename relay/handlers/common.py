@@ -8,9 +8,10 @@ from aiohttp import web
 
 from ..compression import compress_async, negotiate_encoding
 from ..errors import AuthenticationFailed, BodyTooLarge, RequestTimeout
-from ..keys import CONFIG
+from ..keys import CONFIG, OPERATOR
+from ..operator.auth import Caller, identify
 
-__all__ = ["bearer_token", "json_response", "read_body"]
+__all__ = ["bearer_token", "caller", "json_response", "read_body"]
 
 _TOKEN_MAX_CHARS = 8192
 
@@ -36,6 +37,11 @@ def bearer_token(request: web.Request) -> str:
     if len(token) > _TOKEN_MAX_CHARS or not token.isascii() or not token.isprintable() or " " in token:
         raise AuthenticationFailed("The bearer token is malformed.")
     return token
+
+
+def caller(request: web.Request) -> Caller:
+    """The request's credentials under the operator mode (401 before any upstream call)."""
+    return identify(request.app[OPERATOR], bearer_token(request))
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -1,7 +1,8 @@
-"""GET /v1/models: the caller's model list, cached per token."""
+"""GET /v1/models: the caller's model list, cached per token (or once for the pool)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -9,22 +10,40 @@ from aiohttp import web
 from ..dialects import ChatOptions, Dialect
 from ..dialects.options import resolve_options
 from ..errors import AuthenticationFailed, ModelNotFound, RelayError
-from ..keys import MODELS
-from ..models_cache import Fetch
+from ..keys import MODELS, POOL_MODELS
+from ..models_cache import CachedModels, Fetch
 from ..openai_wire import ChatRequest
+from ..operator import Operator
+from ..operator.auth import Caller, with_upstream_token
 from ..upstream import UpstreamClient
-from .common import bearer_token, json_response
+from .common import caller as identify_caller
+from .common import json_response
 
-__all__ = ["fetcher", "list_models", "resolve_request"]
+__all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_request"]
 
 #: a model list is small; this only stops a broken upstream from filling memory.
 MODELS_MAX_BYTES = 16 * 1024 * 1024
 
 
+#: the pool's one cache key: every pool token is assumed to offer the same models.
+POOL_CACHE_KEY = "operator-pool"
+
+
 async def list_models(request: web.Request) -> web.Response:
-    token = bearer_token(request)
-    entry = await request.app[MODELS].get(token)
+    caller = identify_caller(request)
+    entry = await _models_of(request, caller)
+    if caller.key is not None and caller.key.spec.models is not None:
+        allowed = caller.key.spec.models
+        listing = json.loads(entry.body)
+        listing["data"] = [item for item in listing["data"] if item.get("id") in allowed]
+        return await json_response(request, json.dumps(listing, separators=(",", ":")).encode())
     return await json_response(request, entry.body, cache=entry.encoded)
+
+
+async def _models_of(request: web.Request, caller: Caller) -> CachedModels:
+    if caller.token is not None:
+        return await request.app[MODELS].get(caller.token)
+    return await request.app[POOL_MODELS].get(POOL_CACHE_KEY)
 
 
 def fetcher(client: UpstreamClient, dialect: Dialect) -> Fetch:
@@ -37,7 +56,17 @@ def fetcher(client: UpstreamClient, dialect: Dialect) -> Fetch:
     return fetch
 
 
-async def resolve_request(request: web.Request, token: str, chat: ChatRequest) -> ChatOptions:
+def pool_fetcher(client: UpstreamClient, dialect: Dialect, operator: Operator) -> Fetch:
+    """The upstream call behind the pool's cache: any usable pool token will do."""
+    fetch = fetcher(client, dialect)
+
+    async def fetch_with_pool(_key: str) -> list[dict[str, Any]]:
+        return await with_upstream_token(operator, Caller(), fetch)
+
+    return fetch_with_pool
+
+
+async def resolve_request(request: web.Request, caller: Caller, chat: ChatRequest) -> ChatOptions:
     """Check the model against the caller's list and resolve thinking/search switches.
 
     404 ``model_not_found`` for a model the caller's account does not offer.
@@ -45,7 +74,7 @@ async def resolve_request(request: web.Request, token: str, chat: ChatRequest) -
     token, the upstream decides about the model itself.
     """
     try:
-        entry = await request.app[MODELS].get(token)
+        entry = await _models_of(request, caller)
     except AuthenticationFailed:
         raise
     except RelayError:

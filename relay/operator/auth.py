@@ -1,0 +1,90 @@
+"""Who is calling, and which Qwen token serves them.
+
+passthrough: the Bearer is the caller's own Qwen token (the relay's original
+behaviour). pool: the Bearer must be a relay key, else 401 before the upstream
+is contacted. both: a Bearer matching a relay key uses the pool, anything else
+is passed through.
+
+``with_upstream_token`` runs one upstream exchange with the caller's token, or
+with pool tokens one after another: a token rejected (401/403) is disabled, a
+token answered 429 cools down, and the exchange is retried on the next token.
+That retry is safe only while no byte has reached the client; the chat handler
+guarantees it, because once it has prepared its response every error becomes an
+SSE error event instead of an exception leaving the exchange.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ..errors import AuthenticationFailed, UpstreamRateLimited
+from .keys import RelayKey
+from .runtime import Operator
+
+__all__ = ["Caller", "identify", "with_upstream_token"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A request's credentials: its own Qwen token, or a relay key served by the pool.
+
+    Without a token the pool serves it; ``Caller()`` (no key either) is the
+    relay's own use of the pool, e.g. the shared model-list fetch.
+    """
+
+    #: the caller's Qwen token in passthrough; None when the pool serves it.
+    token: str | None = field(default=None, repr=False)
+    key: RelayKey | None = None
+
+    @property
+    def pooled(self) -> bool:
+        return self.key is not None
+
+    @contextmanager
+    def admit(self, model: str | None) -> Iterator[None]:
+        """Apply the key's model, rpm and concurrency limits for the block (no-op in passthrough)."""
+        if self.key is None:
+            yield
+            return
+        if model is not None:
+            self.key.check_model(model)
+        with self.key.admit():
+            yield
+
+
+def identify(operator: Operator, presented: str) -> Caller:
+    """Resolve the Bearer to a Caller; 401 in pool mode for anything but a relay key."""
+    mode = operator.mode
+    if mode == "passthrough":
+        return Caller(token=presented)
+    key = operator.keys.find(presented)
+    if key is not None:
+        return Caller(key=key)
+    if mode == "both":
+        return Caller(token=presented)
+    raise AuthenticationFailed("Invalid API key: this relay accepts only its own API keys.")
+
+
+async def with_upstream_token(operator: Operator, caller: Caller, exchange: Callable[[str], Awaitable[T]]) -> T:
+    """Run ``exchange(token)`` with the caller's token, or with pool tokens until one works.
+
+    Each pool token is tried at most once per request; the lease is held for
+    the whole exchange, so in-flight counts include streams until their end.
+    """
+    if caller.token is not None:
+        return await exchange(caller.token)
+    pool = operator.pool
+    for _ in range(max(1, len(pool.tokens))):  # never more attempts than tokens: no loop
+        with pool.acquire() as entry:  # raises PoolExhausted (503) when none is usable
+            try:
+                return await exchange(entry.token)
+            except AuthenticationFailed as exc:
+                pool.disable(entry, exc.instance_code or "upstream_auth_failed")
+            except UpstreamRateLimited as exc:
+                pool.cool_down(entry, exc.retry_after_s)
+    raise pool.exhausted()

@@ -1,0 +1,123 @@
+"""The pool of server-side Qwen tokens: which one serves the next request.
+
+Choice: least in-flight first, round robin among equals, so sequential traffic
+spreads evenly and a token stuck on long streams gets fewer new ones. A token
+the upstream rejects (401/403) is disabled until the config is reloaded; one
+answered 429 cools down for the upstream's Retry-After. Tokens are only ever
+named by a short fingerprint (SHA-256, 8 hex digits) in logs and metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..errors import PoolExhausted
+from .config import Secret
+
+__all__ = ["DEFAULT_COOL_DOWN_S", "PooledToken", "TokenPool", "fingerprint"]
+
+_log = logging.getLogger("relay.upstream")
+
+#: a 429 without Retry-After: Qwen Chat's limits are per minute.
+DEFAULT_COOL_DOWN_S = 60.0
+
+
+def fingerprint(token: str) -> str:
+    """8 hex digits of the token's SHA-256: enough to tell tokens apart, useless to an attacker."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
+
+
+@dataclass(slots=True)
+class PooledToken:
+    secret: Secret = field(repr=False)
+    fingerprint: str
+    in_flight: int = 0
+    requests: int = 0
+    cooling_until: float = 0.0
+    #: why it was taken out of rotation ("upstream_401"), or None while usable.
+    disabled: str | None = None
+
+    @property
+    def token(self) -> str:
+        return self.secret.reveal()
+
+    def state(self, now: float) -> str:
+        if self.disabled is not None:
+            return "disabled"
+        return "cooling" if self.cooling_until > now else "active"
+
+
+class TokenPool:
+    def __init__(self, tokens: tuple[Secret, ...] = (), clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tokens: list[PooledToken] = []
+        self._next = 0
+        self.update(tokens)
+
+    @property
+    def tokens(self) -> tuple[PooledToken, ...]:
+        return tuple(self._tokens)
+
+    def update(self, tokens: tuple[Secret, ...]) -> None:
+        """Take a reloaded token list; kept tokens keep their state, leases stay valid.
+
+        A disabled token that is still listed stays disabled: the operator
+        replaces it with a fresh one, which gets a new fingerprint.
+        """
+        kept = {entry.secret: entry for entry in self._tokens}
+        self._tokens = [kept.get(secret) or PooledToken(secret, fingerprint(secret.reveal()))
+                        for secret in tokens]
+        self._next = 0
+
+    @contextmanager
+    def acquire(self) -> Iterator[PooledToken]:
+        """Lease the best usable token for the block; 503 ``no_upstream_token`` if none."""
+        entry = self._choose()
+        entry.in_flight += 1
+        entry.requests += 1
+        try:
+            yield entry
+        finally:
+            entry.in_flight -= 1
+
+    def disable(self, entry: PooledToken, reason: str) -> None:
+        if entry.disabled is None:
+            entry.disabled = reason
+            _log.warning("token_disabled", extra={"fields": {"token_fingerprint": entry.fingerprint, "reason": reason}})
+
+    def cool_down(self, entry: PooledToken, seconds: float | None) -> None:
+        seconds = DEFAULT_COOL_DOWN_S if seconds is None or seconds <= 0 else seconds
+        entry.cooling_until = max(entry.cooling_until, self._clock() + seconds)
+        _log.warning("token_cooling", extra={"fields": {"token_fingerprint": entry.fingerprint,
+                                                        "seconds": round(seconds, 3)}})
+
+    def _choose(self) -> PooledToken:
+        now = self._clock()
+        count = len(self._tokens)
+        best: PooledToken | None = None
+        best_index = 0
+        for offset in range(count):  # starting at the cursor: ties go round robin
+            index = (self._next + offset) % count
+            entry = self._tokens[index]
+            if entry.state(now) == "active" and (best is None or entry.in_flight < best.in_flight):
+                best, best_index = entry, index
+        if best is None:
+            raise self.exhausted()
+        self._next = (best_index + 1) % count
+        return best
+
+    def exhausted(self) -> PoolExhausted:
+        """The 503 for a request no token can serve; Retry-After when one is only cooling."""
+        now = self._clock()
+        cooling = [entry.cooling_until - now for entry in self._tokens if entry.state(now) == "cooling"]
+        if cooling:
+            return PoolExhausted("Every upstream Qwen token of this relay is rate limited; retry later.",
+                                 retry_after_s=max(1, math.ceil(min(cooling))))
+        return PoolExhausted("No upstream Qwen token of this relay is usable (all were rejected by Qwen "
+                             "Chat or none is configured); the operator must add fresh tokens.")

@@ -1,0 +1,75 @@
+"""The live operator state: mode, keys and pool, swapped whole on SIGHUP.
+
+``apply`` runs only after the new config parsed completely, and replaces the
+mode and key ring in one assignment each on the event loop (no await between),
+so a request sees either the old settings or the new ones. Requests already
+running keep the key and the token lease they hold: open streams are not dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .config import OperatorConfig
+from .keys import KeyRing
+from .pool import TokenPool
+
+__all__ = ["Operator"]
+
+_log = logging.getLogger("relay.error")
+
+
+class Operator:
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.keys = KeyRing(config.keys)
+        self.pool = TokenPool(config.tokens)
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    def apply(self, config: OperatorConfig) -> None:
+        """Switch to a reloaded config; counters of kept keys and tokens carry over."""
+        keys = KeyRing(config.keys, previous=self.keys)
+        self.pool.update(config.tokens)
+        self.config, self.keys = config, keys
+        _log.info("operator_reloaded", extra={"fields": {
+            "mode": config.mode, "keys": len(config.keys), "tokens": len(config.tokens)}})
+
+    def render_metrics(self) -> list[str]:
+        """Prometheus lines: per-key counters by key name, per-token state by fingerprint."""
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+
+        keys = self.keys.keys
+        family("qwen_relay_key_requests_total", "counter", "Chat completions admitted per relay key name.")
+        for key in keys:
+            out.append(f'qwen_relay_key_requests_total{{key="{key.name}"}} {key.state.requests}')
+        family("qwen_relay_key_rejections_total", "counter", "Requests refused per relay key name and reason.")
+        for key in keys:
+            for reason, count in sorted(key.state.rejected.items()):
+                out.append(f'qwen_relay_key_rejections_total{{key="{key.name}",reason="{reason}"}} {count}')
+        family("qwen_relay_key_in_flight", "gauge", "Requests in flight per relay key name.")
+        for key in keys:
+            out.append(f'qwen_relay_key_in_flight{{key="{key.name}"}} {key.state.in_flight}')
+        now = time.monotonic()
+        tokens = self.pool.tokens
+        family("qwen_relay_token_state", "gauge",
+               "1 for the state (active, cooling, disabled) of each pool token, by fingerprint.")
+        for entry in tokens:
+            current = entry.state(now)
+            for state in ("active", "cooling", "disabled"):
+                out.append(f'qwen_relay_token_state{{token="{entry.fingerprint}",state="{state}"}} '
+                           f"{int(state == current)}")
+        family("qwen_relay_token_in_flight", "gauge", "Upstream requests in flight per pool token fingerprint.")
+        for entry in tokens:
+            out.append(f'qwen_relay_token_in_flight{{token="{entry.fingerprint}"}} {entry.in_flight}')
+        family("qwen_relay_token_requests_total", "counter", "Upstream leases per pool token fingerprint.")
+        for entry in tokens:
+            out.append(f'qwen_relay_token_requests_total{{token="{entry.fingerprint}"}} {entry.requests}')
+        return out
