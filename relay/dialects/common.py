@@ -18,7 +18,9 @@ __all__ = [
     "CONTEXT_LENGTH_CODES",
     "describe_error",
     "error_from_payload",
+    "first_choice",
     "fold_messages",
+    "length_or_raise",
     "message_text",
     "model_entries",
     "model_variants",
@@ -67,6 +69,22 @@ def error_from_payload(error: Any, status: int | None = None) -> RelayError:
     if status == 400:  # only an HTTP 400 blames the request; in-stream Bad_Request is "internal error"
         return UpstreamRejected(text, status=400)
     return UpstreamError(text, code="upstream_error")
+
+
+def length_or_raise(error: Any) -> str:
+    """An in-stream ``{"error": ...}``: ``ContextLengthExceeded`` ends the answer with
+    finish_reason "length" (returned); every other code raises its mapped error (§5)."""
+    code, _ = describe_error(error)
+    if code.lower() in CONTEXT_LENGTH_CODES:
+        return "length"
+    raise error_from_payload(error)
+
+
+def first_choice(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """``choices[0]`` when it is an object (Qwen sends no ``index``)."""
+    choices = payload.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    return choice if isinstance(choice, dict) else None
 
 
 def raise_for_unsuccessful(payload: Any, status: int | None = None) -> None:

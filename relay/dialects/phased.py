@@ -18,7 +18,7 @@ from typing import Any
 from ..openai_wire import usage_from_upstream
 from ..pipeline import closing_source
 from ..pipeline.frames import Frame, StreamStats
-from .common import CONTEXT_LENGTH_CODES, describe_error, error_from_payload, sources_text
+from .common import first_choice, length_or_raise, sources_text
 
 __all__ = ["SummaryText", "phase_frames"]
 
@@ -82,15 +82,11 @@ async def phase_frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamSta
                 continue  # keep-alive during a long job (§4.3)
             error = payload.get("error")
             if error is not None:
-                code, _ = describe_error(error)
-                if code.lower() in CONTEXT_LENGTH_CODES:
-                    yield Frame(finish_reason="length")
-                    return
-                raise error_from_payload(error)
+                yield Frame(finish_reason=length_or_raise(error))
+                return
             usage = usage_from_upstream(payload.get("usage"))
-            choices = payload.get("choices")
-            choice = choices[0] if isinstance(choices, list) and choices else None
-            delta = choice.get("delta") if isinstance(choice, dict) else None
+            choice = first_choice(payload)
+            delta = choice.get("delta") if choice is not None else None
             if not isinstance(delta, dict):
                 if usage is not None:
                     yield Frame(usage=usage)

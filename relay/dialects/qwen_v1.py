@@ -18,7 +18,14 @@ from ..pipeline.deaccumulate import deaccumulate
 from ..pipeline.frames import Frame, StreamStats
 from ..pipeline.think import ThinkSplitter, split_think
 from . import ChatOptions, Completion, PostJson, UpstreamCall
-from .common import CONTEXT_LENGTH_CODES, describe_error, error_from_payload, model_entries, sources_text
+from .common import (
+    describe_error,
+    error_from_payload,
+    first_choice,
+    length_or_raise,
+    model_entries,
+    sources_text,
+)
 
 __all__ = ["RELAY_ONLY_FIELDS", "QwenV1", "upstream_messages"]
 
@@ -108,15 +115,11 @@ async def _frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -
         async for payload in payloads:
             error = payload.get("error")
             if error is not None:
-                code, _ = describe_error(error)
-                if code.lower() in CONTEXT_LENGTH_CODES:
-                    yield Frame(finish_reason="length")
-                    return
-                raise error_from_payload(error)
+                yield Frame(finish_reason=length_or_raise(error))
+                return
             usage = usage_from_upstream(payload.get("usage"))
-            choices = payload.get("choices")
-            choice = choices[0] if isinstance(choices, list) and choices else None
-            if not isinstance(choice, dict):
+            choice = first_choice(payload)
+            if choice is None:
                 if usage is not None:
                     yield Frame(usage=usage)
                 continue

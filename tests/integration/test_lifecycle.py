@@ -16,25 +16,7 @@ import pytest
 
 from relay.emulator import RunningEmulator
 from tests.conftest import MODEL, TOKEN, auth, chat_body, directive, parse_sse
-from tests.integration.test_cli_process import RelayProcess, _free_port
-
-
-async def _start(*args: str, env: dict[str, str] | None = None) -> RelayProcess:
-    """``python -m relay`` on a free port; ready once /healthz answers."""
-    port = _free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", str(port), *args,
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session, asyncio.timeout(20):
-        while process.returncode is None:
-            try:
-                async with session.get(url + "/healthz") as response:
-                    if response.status == 200:
-                        return RelayProcess(process, url)
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)  # the port is not open yet: nothing to await on
-    raise AssertionError(f"relay exited with {process.returncode}")
+from tests.integration.test_cli_process import RelayProcess, _start
 
 
 @pytest.fixture
