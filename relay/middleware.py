@@ -104,7 +104,8 @@ async def relay_middleware(request: web.Request, handler: Handler) -> web.Stream
         metrics.bytes_out += info.bytes_out
         if _access.isEnabledFor(logging.INFO):
             _access.info("request", extra={"fields": {
-                "method": request.method, "path": request.path, "status": status,
+                # pid: which worker served it (--workers); os.getpid() is a cached libc call.
+                "pid": os.getpid(), "method": request.method, "path": request.path, "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 "bytes_out": info.bytes_out, "model": info.model, "stream": info.stream,
                 "upstream_attempts": info.upstream_attempts, "error_code": info.error_code,
@@ -166,16 +167,23 @@ async def add_response_headers(request: web.Request, response: web.StreamRespons
     info = request.get(INFO)
     if info is not None:
         response.headers["X-Request-Id"] = info.request_id
-    if request.path.startswith("/v1/") and "Origin" in request.headers:
-        allowed = _allowed_origin(request)
-        if allowed is not None:
-            response.headers["Access-Control-Allow-Origin"] = allowed
-            response.headers["Access-Control-Expose-Headers"] = _EXPOSE_HEADERS
-        vary = response.headers.get("Vary")
-        if vary is None:
-            response.headers["Vary"] = "Origin"
-        elif "origin" not in vary.lower():
-            response.headers["Vary"] = vary + ", Origin"
+    if not request.path.startswith("/v1/"):
+        return
+    if "Origin" not in request.headers:
+        # With "*" every /v1 response says so, Origin or not (a cached response may be
+        # reused for a browser); with a list, only a matching Origin gets an answer.
+        if request.app[CONFIG].cors_allows_any:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        return
+    allowed = _allowed_origin(request)
+    if allowed is not None:
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        response.headers["Access-Control-Expose-Headers"] = _EXPOSE_HEADERS
+    vary = response.headers.get("Vary")
+    if vary is None:
+        response.headers["Vary"] = "Origin"
+    elif "origin" not in vary.lower():
+        response.headers["Vary"] = vary + ", Origin"
 
 
 async def preflight(request: web.Request) -> web.StreamResponse:

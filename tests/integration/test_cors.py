@@ -162,3 +162,13 @@ async def test_refused_preflight_is_an_error_envelope(
     assert resp.status == 403
     assert payload["error"]["code"] == "origin_not_allowed"
     assert set(payload["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_allow_origin_star_is_on_every_v1_response_even_without_origin(relay: str) -> None:
+    """With the default "*", /v1 responses carry Access-Control-Allow-Origin whatever the request."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(relay + "/v1/models", headers={"Authorization": "Bearer t"}) as response:
+            assert response.headers.get("Access-Control-Allow-Origin") == "*"
+        async with session.get(relay + "/v1/models") as response:  # a 401 too
+            assert response.status == 401
+            assert response.headers.get("Access-Control-Allow-Origin") == "*"
