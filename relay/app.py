@@ -19,6 +19,7 @@ from .metrics import Metrics
 from .middleware import add_response_headers, preflight, relay_middleware
 from .models_cache import ModelsCache
 from .operator import Operator
+from .state import open_state
 from .upstream import UpstreamClient
 
 __all__ = ["make_app"]
@@ -45,8 +46,10 @@ def make_app(config: Config) -> web.Application:
                                       lambda: gate.rejected),
         "qwen_relay_draining": ("1 while the relay drains after SIGTERM.", lambda: int(lifecycle.draining)),
     })
-    operator = app[OPERATOR] = Operator(config.operator)
+    state = open_state(config.state, config.state_timeout_s, config.state_lease_s)
+    operator = app[OPERATOR] = Operator(config.operator, state)
     metrics.collectors.append(operator.render_metrics)
+    metrics.collectors.append(state.render_metrics)
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(add_response_headers)
     app.router.add_get("/healthz", health.healthz, allow_head=True)
@@ -77,13 +80,16 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
                                     cookie_jar=aiohttp.DummyCookieJar())
     client = UpstreamClient(session, origin, config, app[METRICS])
     app[UPSTREAM] = client
-    app[MODELS] = ModelsCache(models.fetcher(client, app[DIALECT]), config.models_ttl_s)
-    app[POOL_MODELS] = ModelsCache(models.pool_fetcher(client, app[DIALECT], app[OPERATOR]), config.models_ttl_s)
+    state = app[OPERATOR].state
+    app[MODELS] = ModelsCache(models.fetcher(client, app[DIALECT]), config.models_ttl_s, state=state)
+    app[POOL_MODELS] = ModelsCache(models.pool_fetcher(client, app[DIALECT], app[OPERATOR]), config.models_ttl_s,
+                                   state=state)
     try:
         yield
     finally:
         await app[MODELS].close()
         await app[POOL_MODELS].close()
         await session.close()
+        await state.close()
         if emulator is not None:
             await emulator.close()

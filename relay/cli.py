@@ -54,6 +54,13 @@ def _bool(value: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _workers(value: str) -> int:
+    """A count, or ``auto``: the CPUs this process may run on (systemd's CPUAffinity included)."""
+    if value.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return int(value)
+
+
 def _log_level(value: str) -> str:
     level = value.strip().lower()
     if level not in LOG_LEVELS:
@@ -103,6 +110,16 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("--drain-timeout", float, _DEFAULTS.drain_timeout_s,
              "seconds open streams may take to finish after SIGTERM before they are ended"),
     _Setting("--unix", str, None, "listen on this unix socket path instead of --host/--port"),
+    _Setting("--workers", _workers, str(_DEFAULTS.workers),
+             "worker processes sharing the listening socket, or 'auto' (one per CPU); "
+             "--max-concurrency applies to each"),
+    _Setting("--state", str, _DEFAULTS.state,
+             "where key limits, token flags and model lists live: memory, or redis://host:port/db "
+             "shared by every worker and host"),
+    _Setting("--state-timeout", float, _DEFAULTS.state_timeout_s,
+             "seconds a request waits on one state backend call before it fails open"),
+    _Setting("--state-lease", float, _DEFAULTS.state_lease_s,
+             "seconds a Redis concurrency slot outlives a relay that died holding it"),
 )
 
 
@@ -191,6 +208,10 @@ def parse_config(argv: Sequence[str] | None = None,
             upstream_headers=file.headers,
             operator=operator,
             config_file=config_path or None,
+            workers=v["workers"],
+            state=v["state"],
+            state_timeout_s=v["state_timeout"],
+            state_lease_s=v["state_lease"],
             timeouts=Timeouts(upstream_s=v["timeout"], client_body_s=v["body_timeout"],
                               queue_s=v["queue_timeout"], nonstream_deadline_s=v["nonstream_deadline"],
                               keepalive_s=v["keepalive_interval"]),
@@ -256,4 +277,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     config = parse_config(args)
     environ = dict(os.environ)
-    sys.exit(run(config, reload_operator=lambda: load_operator(config.config_file, environ)))
+
+    def reload() -> OperatorConfig:
+        return load_operator(config.config_file, environ)
+
+    if config.workers > 1:
+        from .supervisor import supervise
+
+        sys.exit(supervise(config, reload))
+    sys.exit(run(config, reload_operator=reload))

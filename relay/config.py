@@ -87,6 +87,16 @@ class Config:
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     #: the ``--config`` file, re-read for ``[operator]`` on SIGHUP.
     config_file: str | None = None
+    #: worker processes sharing one listening socket; 1 = no supervisor (one core, as before).
+    workers: int = 1
+    #: where key limits, token flags and model lists live: ``memory`` or a ``redis://`` URL.
+    state: str = "memory"
+    #: the longest a request waits on one state backend call: a few Redis round trips
+    #: on a LAN, and short next to any upstream call (past it the call fails open).
+    state_timeout_s: float = 0.1
+    #: a Redis concurrency slot expires this long after its holder stops renewing it
+    #: (renewed every third of it): how long a crashed worker can keep a key's slot.
+    state_lease_s: float = 10.0
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "--port must be between 0 and 65535")
@@ -112,6 +122,11 @@ class Config:
         _require(self.limits.max_concurrency >= 1, "--max-concurrency must be at least 1")
         _require(self.limits.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024")
         _require(self.limits.max_line_bytes >= 1024, "--max-line-bytes must be at least 1024")
+        _require(self.workers >= 1, "--workers must be at least 1 (or 'auto')")
+        _require(self.state == "memory" or self.state.startswith(("redis://", "rediss://", "unix://")),
+                 "--state must be 'memory' or a redis:// URL")
+        _require(self.state_timeout_s > 0, "--state-timeout must be positive")
+        _require(self.state_lease_s >= 1, "--state-lease must be at least 1 second")
         _require(bool(self.cors_origins), "--cors-origins must name at least one origin or '*'")
 
     @property

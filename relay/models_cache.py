@@ -5,6 +5,12 @@ models it offers, and one token's list must never be served to a caller whose
 token the upstream has not accepted. Keys are SHA-256 digests, so the cache
 never holds a token. Concurrent misses for one key share one upstream call,
 run as its own task so that a client leaving does not cancel it for the others.
+
+With a shared state backend (``--state redis://…``) a miss here first looks in
+the shared store, and a list fetched upstream is stored there with the TTL: the
+fleet fetches a list about once per TTL (two relays missing at the same moment
+may both fetch; nothing worse). The store holds the upstream's list, keyed by
+the token's SHA-256, never the token.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 from .dialects.common import model_variants
 from .openai_wire import model_list
+from .state import MemoryState, StateBackend
 
 __all__ = ["CachedModels", "ModelsCache"]
 
@@ -41,8 +48,10 @@ Fetch = Callable[[str], Awaitable[list[dict[str, Any]]]]
 
 
 class ModelsCache:
-    def __init__(self, fetch: Fetch, ttl_s: float, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, fetch: Fetch, ttl_s: float, max_entries: int = MAX_ENTRIES,
+                 state: StateBackend | None = None) -> None:
         self._fetch = fetch
+        self._state: StateBackend = state if state is not None else MemoryState()
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._entries: dict[bytes, CachedModels] = {}
@@ -63,8 +72,16 @@ class ModelsCache:
         return await asyncio.shield(task)
 
     async def _load(self, key: bytes, token: str) -> CachedModels:
-        self.upstream_calls += 1
-        models = await self._fetch(token)
+        ttl_s = self._ttl_s
+        shared = await self._state.load_models(key.hex()) if ttl_s > 0 else None
+        if shared is not None:
+            payload, ttl_s = shared
+            models: list[dict[str, Any]] = json.loads(payload)
+        else:
+            self.upstream_calls += 1
+            models = await self._fetch(token)
+            if ttl_s > 0:
+                await self._state.store_models(key.hex(), json.dumps(models, separators=(",", ":")).encode(), ttl_s)
         created = int(time.time())
         variants = model_variants(models)
         names = {m["id"]: m.get("name") for m in models}
@@ -74,7 +91,7 @@ class ModelsCache:
         entry = CachedModels(
             ids=frozenset(item["id"] for item in listing["data"]),
             body=json.dumps(listing, ensure_ascii=False, separators=(",", ":")).encode(),
-            expires_at=time.monotonic() + self._ttl_s,
+            expires_at=time.monotonic() + ttl_s,
             variants=variants,
         )
         if self._ttl_s > 0:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -60,15 +61,22 @@ Reload = Callable[[], OperatorConfig]
 
 
 async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None = None,
-                reload: Reload | None = None) -> None:
-    """Listen until ``stop`` is set, then drain and close everything in order."""
+                reload: Reload | None = None, sock: socket.socket | None = None,
+                on_ready: Callable[[str], None] | None = None) -> None:
+    """Listen until ``stop`` is set, then drain and close everything in order.
+
+    A worker of ``--workers`` serves the supervisor's ``sock`` and reports to
+    ``on_ready`` instead of systemd (the supervisor sends READY=1 for all of them).
+    """
     app = make_app(config)
     if reload is not None and hasattr(signal, "SIGHUP"):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_operator, app, reload)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_ABORT_GRACE_S, **RUNNER_OPTIONS)
     await runner.setup()
     site: web.BaseSite
-    if config.unix:
+    if sock is not None:
+        site = web.SockSite(runner, sock)
+    elif config.unix:
         site = web.UnixSite(runner, config.unix)
     else:
         site = web.TCPSite(runner, config.host, config.port, backlog=1024)
@@ -77,7 +85,10 @@ async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None
     except BaseException:
         await runner.cleanup()
         raise
-    if config.unix:
+    if sock is not None:
+        where = _describe(sock)
+        _log.info("listening", extra={"fields": {"url": where, "pid": os.getpid()}})
+    elif config.unix:
         os.chmod(config.unix, _UNIX_SOCKET_MODE)
         where = f"unix:{config.unix}"
         _log.info("listening", extra={"fields": {"url": where, "unix": config.unix}})
@@ -85,9 +96,20 @@ async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None
         host, port = runner.addresses[0][:2]
         where = f"http://{host}:{port}"
         _log.info("listening", extra={"fields": {"url": where, "host": host, "port": port}})
-    notify(f"READY=1\nSTATUS=serving on {where}")
+    if on_ready is not None:
+        on_ready(where)
+    else:
+        notify(f"READY=1\nSTATUS=serving on {where}")
     await stop.wait()
     await drain(app, runner, config.drain_timeout_s, force or asyncio.Event())
+
+
+def _describe(sock: socket.socket) -> str:
+    address = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{address}"
+    host, port = address[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def reload_operator(app: web.Application, reload: Reload) -> bool:
@@ -138,9 +160,14 @@ def _use_loop(choice: str) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def run(config: Config, reload_operator: Reload | None = None) -> int:
-    """Blocking entry point: serve until SIGINT or SIGTERM (SIGHUP reloads); return the exit code."""
+def run(config: Config, reload_operator: Reload | None = None, *, sock: socket.socket | None = None,
+        on_ready: Callable[[str], None] | None = None) -> int:
+    """Blocking entry point: serve until SIGINT or SIGTERM (SIGHUP reloads); return the exit code.
+
+    ``sock`` and ``on_ready``: see ``serve``; a worker leaves SIGINT to its supervisor.
+    """
     setup_logging(config.log_level)
+    signals = (signal.SIGTERM,) if sock is not None else (signal.SIGINT, signal.SIGTERM)
 
     async def main() -> None:
         stop, force = asyncio.Event(), asyncio.Event()
@@ -149,9 +176,9 @@ def run(config: Config, reload_operator: Reload | None = None) -> int:
             (force if stop.is_set() else stop).set()
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.add_signal_handler(sig, on_signal)
-        await serve(config, stop, force, reload_operator)
+        await serve(config, stop, force, reload_operator, sock, on_ready)
 
     _use_loop(config.loop)
     try:

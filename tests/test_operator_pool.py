@@ -9,6 +9,7 @@ from relay.operator import KeyRing, Secret, TokenPool, hash_key
 from relay.operator.config import KeySpec
 from relay.operator.keys import RpmWindow
 from relay.operator.pool import fingerprint
+from relay.state import MemoryState
 
 
 class Clock:
@@ -107,33 +108,38 @@ def test_rpm_window_slides() -> None:
     assert window.admit() == pytest.approx(10)
 
 
-def test_key_limits_reject_with_openai_errors() -> None:
+async def test_key_limits_reject_with_openai_errors() -> None:
     (key,) = KeyRing((spec("sk-a", "a", rpm=3, max_concurrent=2, models=frozenset({"m"})),)).keys
+    state = MemoryState()
     with pytest.raises(ModelNotAllowed):
         key.check_model("other")
     key.check_model("m")
-    with key.admit(), key.admit():
-        with pytest.raises(KeyRateLimited) as busy, key.admit():
-            pass
+    async with key.admit(state), key.admit(state):
+        with pytest.raises(KeyRateLimited) as busy:
+            async with key.admit(state):
+                pass
         assert busy.value.retry_after_s == 1
-    with key.admit():
+    async with key.admit(state):
         pass
-    with pytest.raises(KeyRateLimited) as rpm, key.admit():
-        pass
+    with pytest.raises(KeyRateLimited) as rpm:
+        async with key.admit(state):
+            pass
     assert rpm.value.http_status == 429 and rpm.value.envelope()["error"]["code"] == "rate_limit_exceeded"
     assert rpm.value.retry_after_s is not None and rpm.value.retry_after_s >= 59
     assert key.state.rejected == {"model_not_allowed": 1, "max_concurrent": 1, "rpm": 1}
     assert (key.state.requests, key.state.in_flight) == (3, 0)
 
 
-def test_reload_keeps_live_state_of_a_kept_key_name() -> None:
+async def test_reload_keeps_live_state_of_a_kept_key_name() -> None:
     old = KeyRing((spec("sk-a", "a", max_concurrent=1),))
     (old_key,) = old.keys
-    with old_key.admit():
+    state = MemoryState()  # limits are kept by name in the backend, which a reload never swaps
+    async with old_key.admit(state):
         new = KeyRing((spec("sk-a2", "a", max_concurrent=1), spec("sk-b", "b")), previous=old)
         new_key = new.find("sk-a2")
         assert new_key is not None and new_key.state.in_flight == 1
-        with pytest.raises(KeyRateLimited), new_key.admit():
-            pass
+        with pytest.raises(KeyRateLimited):
+            async with new_key.admit(state):
+                pass
     assert new_key.state.in_flight == 0
     assert new.find("sk-a") is None

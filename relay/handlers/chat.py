@@ -62,7 +62,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     plan = plan_tools(parse_chat_request(parse_json_body(await read_body(request))))
     chat = plan.request
     info.model, info.stream = chat.model, chat.stream
-    with caller.admit(chat.model):  # a relay key's model, rpm and concurrency limits
+    async with caller.admit(chat.model, request.app[OPERATOR].state):  # a relay key's model, rpm, concurrency
         return await _answer(request, info, caller, plan)
 
 

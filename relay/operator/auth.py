@@ -15,12 +15,13 @@ SSE error event instead of an exception leaving the exchange.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..errors import AuthenticationFailed, UpstreamRateLimited
+from ..state import StateBackend
 from .keys import RelayKey
 from .runtime import Operator
 
@@ -45,15 +46,15 @@ class Caller:
     def pooled(self) -> bool:
         return self.key is not None
 
-    @contextmanager
-    def admit(self, model: str | None) -> Iterator[None]:
+    @asynccontextmanager
+    async def admit(self, model: str | None, state: StateBackend) -> AsyncIterator[None]:
         """Apply the key's model, rpm and concurrency limits for the block (no-op in passthrough)."""
         if self.key is None:
             yield
             return
         if model is not None:
             self.key.check_model(model)
-        with self.key.admit():
+        async with self.key.admit(state):
             yield
 
 
@@ -78,13 +79,17 @@ async def with_upstream_token(operator: Operator, caller: Caller, exchange: Call
     """
     if caller.token is not None:
         return await exchange(caller.token)
-    pool = operator.pool
+    pool, state = operator.pool, operator.state
+    # What other relays sharing the state found out about these tokens (memory: nothing).
+    pool.merge(await state.token_flags([entry.fingerprint for entry in pool.tokens]))
     for _ in range(max(1, len(pool.tokens))):  # never more attempts than tokens: no loop
         with pool.acquire() as entry:  # raises PoolExhausted (503) when none is usable
             try:
                 return await exchange(entry.token)
             except AuthenticationFailed as exc:
-                pool.disable(entry, exc.instance_code or "upstream_auth_failed")
+                reason = exc.instance_code or "upstream_auth_failed"
+                pool.disable(entry, reason)
+                await state.disable_token(entry.fingerprint, reason)
             except UpstreamRateLimited as exc:
-                pool.cool_down(entry, exc.retry_after_s)
+                await state.cool_down_token(entry.fingerprint, pool.cool_down(entry, exc.retry_after_s))
     raise pool.exhausted()

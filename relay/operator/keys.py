@@ -3,61 +3,36 @@
 A presented key is hashed once and compared with ``hmac.compare_digest``
 against every configured digest, without stopping at a match, so the time taken
 says nothing about which key (or how much of one) was right. Limits live in
-memory, per relay process: an operator running several relays divides them.
+the state backend (``--state``): in memory they hold per relay process, in
+Redis across every worker and host sharing it.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
 import math
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from ..errors import KeyRateLimited, ModelNotAllowed
+from ..state import RpmWindow, StateBackend
 from .config import KeySpec
 
-__all__ = ["KeyRing", "KeyState", "RelayKey", "RpmWindow"]
+__all__ = ["KeyRing", "KeyState", "RelayKey", "RpmWindow"]  # RpmWindow: moved to state, kept here
 
-#: rpm is counted over a sliding window of this length.
-WINDOW_S = 60.0
 #: a key at its concurrency limit is free again as soon as one request ends.
 RETRY_AFTER_CONCURRENT_S = 1
 
 
-class RpmWindow:
-    """A sliding-window log: at most ``limit`` admissions in any ``WINDOW_S``.
-
-    Exact rather than a fixed window (which lets through 2x the limit across a
-    minute boundary); memory is bounded by ``limit`` timestamps per key.
-    """
-
-    __slots__ = ("_clock", "_times", "limit")
-
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self._clock = clock
-        self._times: collections.deque[float] = collections.deque()
-
-    def admit(self) -> float | None:
-        """Record one request and return None, or return the seconds until one is allowed."""
-        now = self._clock()
-        while self._times and self._times[0] <= now - WINDOW_S:
-            self._times.popleft()
-        if len(self._times) >= self.limit:
-            return self._times[0] + WINDOW_S - now
-        self._times.append(now)
-        return None
-
-
 @dataclass(slots=True)
 class KeyState:
-    """A key's live counters; shared by the old and new RelayKey across a SIGHUP reload."""
+    """A key's counters in this process (for /metrics); kept across a SIGHUP reload.
 
-    rpm: RpmWindow | None = None
+    The limits themselves are enforced by the state backend, keyed by name.
+    """
+
     in_flight: int = 0
     requests: int = 0
     #: rejection reason → count, for /metrics.
@@ -84,27 +59,28 @@ class RelayKey:
             self._reject("model_not_allowed")
             raise ModelNotAllowed(f"This API key may not use the model `{model}`.", param="model")
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def admit(self, state: StateBackend) -> AsyncIterator[None]:
         """Count one request against rpm and hold a concurrency slot for the block."""
-        limit = self.spec.max_concurrent
-        state = self.state
-        if limit is not None and state.in_flight >= limit:
+        spec = self.spec
+        admission = await state.admit(spec.name, spec.rpm, spec.max_concurrent)
+        if admission.rejected == "max_concurrent":
             self._reject("max_concurrent")
-            raise KeyRateLimited(f"This API key has {limit} requests in flight, its limit; retry shortly.",
-                                 retry_after_s=RETRY_AFTER_CONCURRENT_S)
-        if state.rpm is not None:
-            wait_s = state.rpm.admit()
-            if wait_s is not None:
-                self._reject("rpm")
-                raise KeyRateLimited(f"This API key is limited to {state.rpm.limit} requests per minute.",
-                                     retry_after_s=max(1, math.ceil(wait_s)))
-        state.requests += 1
-        state.in_flight += 1
+            raise KeyRateLimited(f"This API key has {spec.max_concurrent} requests in flight, its limit; "
+                                 "retry shortly.", retry_after_s=RETRY_AFTER_CONCURRENT_S)
+        if admission.rejected == "rpm":
+            self._reject("rpm")
+            raise KeyRateLimited(f"This API key is limited to {spec.rpm} requests per minute.",
+                                 retry_after_s=max(1, math.ceil(admission.retry_after_s)))
+        counters = self.state
+        counters.requests += 1
+        counters.in_flight += 1
         try:
             yield
         finally:
-            state.in_flight -= 1
+            counters.in_flight -= 1
+            if admission.lease is not None:
+                await state.release(admission.lease)
 
     def _reject(self, reason: str) -> None:
         self.state.rejected[reason] = self.state.rejected.get(reason, 0) + 1
@@ -128,9 +104,4 @@ class KeyRing:
 
 def _carry(spec: KeySpec, old: RelayKey | None) -> RelayKey:
     """A key for ``spec``; a reload keeps the live state of a key whose name it keeps."""
-    state = old.state if old is not None else KeyState()
-    if spec.rpm is None:
-        state.rpm = None
-    elif state.rpm is None or state.rpm.limit != spec.rpm:
-        state.rpm = RpmWindow(spec.rpm)
-    return RelayKey(spec, state)
+    return RelayKey(spec, old.state if old is not None else KeyState())

@@ -5,6 +5,11 @@ spreads evenly and a token stuck on long streams gets fewer new ones. A token
 the upstream rejects (401/403) is disabled until the config is reloaded; one
 answered 429 cools down for the upstream's Retry-After. Tokens are only ever
 named by a short fingerprint (SHA-256, 8 hex digits) in logs and metrics.
+
+The pool is this process's view. With a shared state backend, ``merge`` folds
+in what other relays found (a token disabled or cooling elsewhere) before each
+choice; a token disabled here stays disabled even if the shared record expires
+or cannot be read, as it always did in memory.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import PoolExhausted
+from ..state import TokenFlags
 from .config import Secret
 
 __all__ = ["DEFAULT_COOL_DOWN_S", "PooledToken", "TokenPool", "fingerprint"]
@@ -86,16 +92,32 @@ class TokenPool:
         finally:
             entry.in_flight -= 1
 
+    def merge(self, flags: Mapping[str, TokenFlags]) -> None:
+        """Apply shared state read from the backend: disabled elsewhere, cooling elsewhere."""
+        if not flags:
+            return
+        now = self._clock()
+        for entry in self._tokens:
+            shared = flags.get(entry.fingerprint)
+            if shared is None:
+                continue
+            if shared.disabled is not None and entry.disabled is None:
+                entry.disabled = shared.disabled
+            if shared.cooling_s > 0:
+                entry.cooling_until = max(entry.cooling_until, now + shared.cooling_s)
+
     def disable(self, entry: PooledToken, reason: str) -> None:
         if entry.disabled is None:
             entry.disabled = reason
             _log.warning("token_disabled", extra={"fields": {"token_fingerprint": entry.fingerprint, "reason": reason}})
 
-    def cool_down(self, entry: PooledToken, seconds: float | None) -> None:
+    def cool_down(self, entry: PooledToken, seconds: float | None) -> float:
+        """Take ``entry`` out of rotation for ``seconds`` (default 60); return the seconds applied."""
         seconds = DEFAULT_COOL_DOWN_S if seconds is None or seconds <= 0 else seconds
         entry.cooling_until = max(entry.cooling_until, self._clock() + seconds)
         _log.warning("token_cooling", extra={"fields": {"token_fingerprint": entry.fingerprint,
                                                         "seconds": round(seconds, 3)}})
+        return seconds
 
     def _choose(self) -> PooledToken:
         now = self._clock()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from ..state import MemoryState, StateBackend
 from .config import OperatorConfig
 from .keys import KeyRing
 from .pool import TokenPool
@@ -21,8 +22,10 @@ _log = logging.getLogger("relay.error")
 
 
 class Operator:
-    def __init__(self, config: OperatorConfig) -> None:
+    def __init__(self, config: OperatorConfig, state: StateBackend | None = None) -> None:
         self.config = config
+        #: where key limits and token flags are shared (``--state``); never swapped by a reload.
+        self.state: StateBackend = state if state is not None else MemoryState()
         self.keys = KeyRing(config.keys)
         self.pool = TokenPool(config.tokens)
 

@@ -191,12 +191,18 @@ def test_exec_start_flags_are_ones_the_relay_accepts(shipped: Directives) -> Non
     assert (config.host, config.port, config.unix) == ("127.0.0.1", 8080, None)
 
     commented = re.findall(r"^#ExecStart=(.*)$", UNIT.read_text(), flags=re.MULTILINE)
-    assert len(commented) == 1, "expected one commented --unix ExecStart variant"
-    argv = shlex.split(commented[0])
-    assert argv[0] == SHIPPED_EXEC
-    config = parse_config(argv[1:], environ={})
+    assert len(commented) == 2, "expected the --unix and the --workers ExecStart variants"
+    unix, workers = (parse_config(shlex.split(line)[1:], environ={}) for line in commented)
+    assert all(shlex.split(line)[0] == SHIPPED_EXEC for line in commented)
     # The socket lives in the unit's RuntimeDirectory, which nginx can reach.
-    assert config.unix == f"/run/{last(shipped, 'RuntimeDirectory')}/relay.sock"
+    assert unix.unix == f"/run/{last(shipped, 'RuntimeDirectory')}/relay.sock"
+    assert workers.workers >= 1 and (workers.host, workers.port) == ("127.0.0.1", 8080)
+
+
+def test_stop_signals_only_the_main_process_so_workers_drain_once(shipped: Directives) -> None:
+    """--workers: the supervisor forwards SIGTERM; KillMode=mixed keeps systemd from sending a second."""
+    assert last(shipped, "KillMode") == "mixed"
+    assert last(shipped, "KillSignal") == "SIGTERM"
 
 
 # MemoryDenyWriteExecute=yes kills a program that maps memory writable and executable
