@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 
@@ -61,7 +62,8 @@ def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id", "")
     if 0 < len(given) <= 64 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
         return given
-    return os.urandom(12).hex()  # as unique as a uuid4 for this purpose, 5x cheaper
+    # Ids need uniqueness, not secrecy: a PRNG draw avoids a getrandom syscall per request.
+    return f"{random.getrandbits(96):024x}"
 
 
 @web.middleware

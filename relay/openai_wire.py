@@ -8,7 +8,7 @@ unchanged; unknown request fields are kept for the upstream, not rejected.
 from __future__ import annotations
 
 import json
-import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -134,7 +134,8 @@ def _optional(body: dict[str, Any], name: str, kind: type, described: str, prefi
 
 
 def new_completion_id() -> str:
-    return "chatcmpl-" + os.urandom(16).hex()
+    # Unique, not secret: a PRNG draw, no syscall per completion.
+    return f"chatcmpl-{random.getrandbits(128):032x}"
 
 
 def completion_object(*, completion_id: str, created: int, model: str, content: str | None,

@@ -52,8 +52,11 @@ async def read_body(request: web.Request) -> bytes:
     if declared is not None and declared > limit:
         raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} (--max-body-bytes).")
     try:
-        async with asyncio.timeout(config.timeouts.client_body_s):
+        if request.content.is_eof():  # the whole body came with the head: nothing to wait for
             body = await request.read()
+        else:
+            async with asyncio.timeout(config.timeouts.client_body_s):
+                body = await request.read()
     except TimeoutError as exc:
         raise RequestTimeout(f"The request body did not arrive within {config.timeouts.client_body_s:g} s "
                              "(--body-timeout).") from exc

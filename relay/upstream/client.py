@@ -4,8 +4,9 @@ This is the one boundary where aiohttp's client exceptions and timeouts become
 ``Upstream*`` errors (encode/httpcore's ``map_exceptions``), always chained
 with ``raise ... from``. Above it, nothing imports ``aiohttp.client``.
 
-Timeouts: ``--timeout`` bounds connect + response headers as one budget, and
-then each silent gap while reading the body (aiohttp's ``sock_read``). aiohttp
+Timeouts: ``--timeout`` bounds the connect (pool wait and DNS included), then
+the wait for the response head, then each silent gap while reading the body —
+all aiohttp's own timers (``connect``, ``sock_read``). aiohttp
 drops that timer while reading is paused for backpressure, so a slow client
 never makes the upstream look silent, and it costs no timer or task of ours per
 chunk. Nothing caps a whole stream.
@@ -173,7 +174,7 @@ class UpstreamClient:
         self._open: set[UpstreamResponse] = set()
         self._background: set[asyncio.Task[None]] = set()
         timeout_s = config.timeouts.upstream_s
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
 
     @property
     def origin(self) -> str:
@@ -265,14 +266,11 @@ class UpstreamClient:
                        data: bytes | None) -> aiohttp.ClientResponse:
         timeout_s = self._config.timeouts.upstream_s
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._session.request(method, url, headers=headers, data=data,
-                                                       timeout=self._timeout, allow_redirects=False)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"The upstream did not answer within {timeout_s:g} s (--timeout)."
-            ) from exc
-        except aiohttp.ServerTimeoutError as exc:
+            # aiohttp's own timers bound the connect and the wait for the response head
+            # (ClientTimeout sock_connect/sock_read): no extra timer of ours per request.
+            response = await self._session.request(method, url, headers=headers, data=data,
+                                                   timeout=self._timeout, allow_redirects=False)
+        except TimeoutError as exc:  # aiohttp's ServerTimeoutError/ConnectionTimeoutError are TimeoutErrors
             raise UpstreamTimeout(f"The upstream did not answer within {timeout_s:g} s (--timeout).") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise _Retryable(UpstreamUnavailable(
