@@ -7,9 +7,14 @@ reached by real clients (aiohttp, the official openai SDK, aiohttp-sse-client2).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -98,3 +103,31 @@ def parse_sse(body: str) -> list[str]:
     return events
 
 
+
+
+class NotifyListener:
+    """A unix datagram socket standing in for systemd's ``$NOTIFY_SOCKET``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(path)
+        self._sock.setblocking(False)
+
+    async def receive(self, timeout_s: float = 10) -> list[str]:
+        """The lines of the next datagram (e.g. ``["READY=1", "STATUS=…"]``)."""
+        async with asyncio.timeout(timeout_s):
+            return (await asyncio.get_running_loop().sock_recv(self._sock, 4096)).decode().splitlines()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@contextlib.contextmanager
+def notify_listener() -> Iterator[NotifyListener]:
+    with tempfile.TemporaryDirectory() as tmp:
+        listener = NotifyListener(os.path.join(tmp, "notify.sock"))
+        try:
+            yield listener
+        finally:
+            listener.close()

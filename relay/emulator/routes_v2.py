@@ -61,6 +61,16 @@ def _check_token(request: web.Request, record: RequestRecord) -> web.Response | 
     return v2_error(record, 401, "Unauthorized", UNAUTHORIZED_V2)
 
 
+async def _v2_request(request: web.Request) -> tuple[RequestRecord, dict[str, Any] | web.Response]:
+    """Record a v2 request and check its token, then its JSON body; a refusal comes back as the body."""
+    record = request[EMULATOR_RECORD]
+    record.dialect = "v2"
+    refused = _check_token(request, record)
+    if refused is not None:
+        return record, refused
+    return record, await _body(request, record)
+
+
 async def _body(request: web.Request, record: RequestRecord) -> dict[str, Any] | web.Response:
     try:
         body = await read_json(request)
@@ -73,12 +83,7 @@ async def _body(request: web.Request, record: RequestRecord) -> dict[str, Any] |
 
 async def chats_new(request: web.Request) -> web.Response:
     """``POST /api/v2/chats/new`` → ``{"success": true, "data": {"id": …}}`` (§4.1 [C])."""
-    record = request[EMULATOR_RECORD]
-    record.dialect = "v2"
-    refused = _check_token(request, record)
-    if refused is not None:
-        return refused
-    body = await _body(request, record)
+    record, body = await _v2_request(request)
     if isinstance(body, web.Response):
         return body
     models = body.get("models")
@@ -111,12 +116,7 @@ async def chats_new(request: web.Request) -> web.Response:
 async def chat_completions_v2(request: web.Request) -> web.StreamResponse:
     """``POST /api/v2/chat/completions?chat_id=…``: always an SSE stream (§4.2, §4.3)."""
     state, config = request.app[EMULATOR_STATE], request.app[EMULATOR_CONFIG]
-    record = request[EMULATOR_RECORD]
-    record.dialect = "v2"
-    refused = _check_token(request, record)
-    if refused is not None:
-        return refused
-    body = await _body(request, record)
+    record, body = await _v2_request(request)
     if isinstance(body, web.Response):
         return body
     body_chat_id = body.get("chat_id")

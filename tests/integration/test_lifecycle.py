@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from relay.emulator import RunningEmulator
-from tests.conftest import MODEL, TOKEN, auth, chat_body, directive, parse_sse
+from tests.conftest import MODEL, TOKEN, auth, chat_body, directive, notify_listener, parse_sse
 from tests.integration.test_cli_process import RelayProcess, _start
 
 
@@ -99,26 +96,14 @@ async def test_drain_deadline_ends_streams_with_error_event_and_done(
 
 async def test_ready_and_stopping_are_sent_to_notify_socket(processes: list[RelayProcess]) -> None:
     """Type=notify: READY=1 once listening, STOPPING=1 when the drain begins."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "notify.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        try:
-            relay = await _start("--upstream", "emulator", env={"NOTIFY_SOCKET": path})
-            processes.append(relay)
-            async with asyncio.timeout(10):
-                ready = (await loop.sock_recv(sock, 4096)).decode()
-            assert "READY=1" in ready.splitlines()
-            relay.process.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(10):
-                stopping = (await loop.sock_recv(sock, 4096)).decode()
-            assert "STOPPING=1" in stopping.splitlines()
-            async with asyncio.timeout(15):
-                assert await relay.process.wait() == 0
-        finally:
-            sock.close()
+    with notify_listener() as systemd:
+        relay = await _start("--upstream", "emulator", env={"NOTIFY_SOCKET": systemd.path})
+        processes.append(relay)
+        assert "READY=1" in await systemd.receive()
+        relay.process.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in await systemd.receive()
+        async with asyncio.timeout(15):
+            assert await relay.process.wait() == 0
 
 
 async def test_metrics_count_requests_without_tokens(relay: str) -> None:

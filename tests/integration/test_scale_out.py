@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from relay.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from relay.operator import hash_key
 from relay.operator.pool import fingerprint
 from relay.state.redis_state import RedisState
-from tests.conftest import auth, chat_body, directive, parse_sse
+from tests.conftest import auth, chat_body, directive, notify_listener, parse_sse
 from tests.integration.test_cli_process import _free_port
 from tests.integration.test_fault_matrix import RelayProcess
 
@@ -332,31 +331,20 @@ async def test_a_dead_worker_is_replaced(emulator: RunningEmulator, relays: list
 
 async def test_ready_reaches_systemd_only_after_both_workers_listen(relays: list[RelayProcess]) -> None:
     """One READY=1, from the supervisor, after both workers logged ``listening``; then STOPPING=1."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "notify.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        try:
-            relay = await start_relay(relays, "--workers", "2", "--upstream", "emulator",
-                                      env={"NOTIFY_SOCKET": path})
-            async with asyncio.timeout(10):
-                ready = (await loop.sock_recv(sock, 4096)).decode()
-                assert "READY=1" in ready.splitlines() and "2 workers" in ready
-            await wait_for(relay, lambda: count_events(relay, "workers_ready") == 1)
-            events = [(e.get("event"), e.get("pid")) for e in relay.log]
-            announced = events.index(("workers_ready", None))
-            listening = {pid for event, pid in events[:announced] if event == "listening"}
-            assert len(listening) == 2, events  # both workers wrote 'listening' before READY went out
-            relay.process.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(10):
-                stopping = (await loop.sock_recv(sock, 4096)).decode()
-            assert "STOPPING=1" in stopping.splitlines()  # workers never notify: no second READY
-            async with asyncio.timeout(15):
-                assert await relay.process.wait() == 0
-        finally:
-            sock.close()
+    with notify_listener() as systemd:
+        relay = await start_relay(relays, "--workers", "2", "--upstream", "emulator",
+                                  env={"NOTIFY_SOCKET": systemd.path})
+        ready = await systemd.receive()
+        assert "READY=1" in ready and "2 workers" in "\n".join(ready)
+        await wait_for(relay, lambda: count_events(relay, "workers_ready") == 1)
+        events = [(e.get("event"), e.get("pid")) for e in relay.log]
+        announced = events.index(("workers_ready", None))
+        listening = {pid for event, pid in events[:announced] if event == "listening"}
+        assert len(listening) == 2, events  # both workers wrote 'listening' before READY went out
+        relay.process.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in await systemd.receive()  # workers never notify: no second READY
+        async with asyncio.timeout(15):
+            assert await relay.process.wait() == 0
 
 
 async def test_sighup_reaches_every_worker(
