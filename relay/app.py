@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from .config import EMULATOR_UPSTREAM, Config
@@ -25,10 +24,6 @@ from .upstream import UpstreamClient
 __all__ = ["make_app"]
 
 _log = logging.getLogger("relay.error")
-
-#: extra pooled upstream connections beyond --max-concurrency, for model-list fetches.
-_POOL_HEADROOM = 32
-
 
 def make_app(config: Config) -> web.Application:
     """Build the relay application; resources open on startup and close on cleanup."""
@@ -72,13 +67,9 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         emulator = await start_emulator()
         origin = emulator.url
         _log.info("emulator_started", extra={"fields": {"url": origin}})
-    connector = aiohttp.TCPConnector(limit=config.limits.max_concurrency + _POOL_HEADROOM,
-                                     limit_per_host=0, ttl_dns_cache=300)
     # No cookie jar: a Set-Cookie from Qwen Chat answering one caller must never ride
     # along on another caller's request (configured cookies go in --config headers).
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
-                                    cookie_jar=aiohttp.DummyCookieJar())
-    client = UpstreamClient(session, origin, config, app[METRICS])
+    client = UpstreamClient(origin, config, app[METRICS])
     app[UPSTREAM] = client
     state = app[OPERATOR].state
     app[MODELS] = ModelsCache(models.fetcher(client, app[DIALECT]), config.models_ttl_s, state=state)
@@ -89,7 +80,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     finally:
         await app[MODELS].close()
         await app[POOL_MODELS].close()
-        await session.close()
+        await client.close()
         await state.close()
         if emulator is not None:
             await emulator.close()

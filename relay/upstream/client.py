@@ -1,15 +1,14 @@
-"""The upstream HTTP client: one shared session, retries, exception mapping.
+"""The upstream HTTP client: one keep-alive pool, retries, exception mapping.
 
-This is the one boundary where aiohttp's client exceptions and timeouts become
+This is the one boundary where transport errors and timeouts become
 ``Upstream*`` errors (encode/httpcore's ``map_exceptions``), always chained
-with ``raise ... from``. Above it, nothing imports ``aiohttp.client``.
+with ``raise ... from``. Above it, nothing knows about sockets.
 
-Timeouts: ``--timeout`` bounds the connect (pool wait and DNS included), then
-the wait for the response head, then each silent gap while reading the body —
-all aiohttp's own timers (``connect``, ``sock_read``). aiohttp
-drops that timer while reading is paused for backpressure, so a slow client
-never makes the upstream look silent, and it costs no timer or task of ours per
-chunk. Nothing caps a whole stream.
+Timeouts: ``--timeout`` bounds the connect (pool wait included), then the wait
+for the response head, then each silent gap while reading the body: one lazy
+timer per busy connection (``http1``), paused while reading is paused for
+backpressure, so a slow client never makes the upstream look silent. Nothing
+caps a whole stream.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
-
-import aiohttp
 
 from ..config import Config
 from ..dialects.common import describe_error, error_from_payload
@@ -39,6 +36,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..metrics import Metrics
+from .http1 import ACCEPT_ENCODING, ConnectError, Http1Error, Http1Pool, Http1Response, NotHttp, ReadTimeout
 from .retry import backoff_s, parse_retry_after
 
 __all__ = ["BROWSER_HEADERS", "UpstreamClient", "UpstreamResponse"]
@@ -50,11 +48,14 @@ BROWSER_HEADERS = {
     "User-Agent": ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
                    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
     "Accept-Language": "en-US,en;q=0.9",
+    "Accept-Encoding": ACCEPT_ENCODING,
 }
 _ERROR_BODY_BYTES = 64 * 1024
 #: bounds a chat-creation or stop answer: a few hundred bytes in practice.
 _SMALL_JSON_BYTES = 1024 * 1024
 _CHALLENGE_MARKERS = (b"aliyun_waf", b"FAIL_SYS_USER_VALIDATE", b"RGV587_ERROR", b"punish", b"x5sec", b"baxia")
+#: keep-alive connections beyond the concurrency limit (models fetches, stop requests).
+POOL_HEADROOM = 32
 
 
 class _Retryable(Exception):
@@ -71,11 +72,10 @@ class UpstreamResponse:
 
     __slots__ = ("_abort_error", "_response", "_timeout_s", "attempts")
 
-    def __init__(self, response: aiohttp.ClientResponse, attempts: int, timeout_s: float) -> None:
+    def __init__(self, response: Http1Response, attempts: int, timeout_s: float) -> None:
         self._response = response
         self.attempts = attempts
         self._timeout_s = timeout_s
-        self._abort_error: RelayError | None = None
 
     def abort(self, error: RelayError) -> None:
         """Close the connection now; the reader sees ``error`` instead of a broken pipe.
@@ -83,8 +83,7 @@ class UpstreamResponse:
         Used by the drain at its deadline: each open stream's reader wakes up and
         the pipeline ends the stream with an error event and ``[DONE]``.
         """
-        self._abort_error = error
-        self._response.close()
+        self._response.abort(error)
 
     @property
     def status(self) -> int:
@@ -105,43 +104,34 @@ class UpstreamResponse:
 
         ``on_silence`` is awaited after each ``silence_s`` without upstream bytes
         (the handler writes a keep-alive comment). It runs in the consumer's own
-        task while the chain waits here, so it never races another write, and it
-        needs no task or timer per stream beyond the read's own timeout.
-        ``readany`` is safe to abandon: unread bytes stay in aiohttp's buffer.
+        task while the chain waits here, so it never races another write; the
+        connection's one timer tells the read, no timer per read.
         """
-        content = self._response.content
+        response = self._response
+        wait_s = silence_s if on_silence is not None else None
         try:
             while True:
-                chunk = content.read_nowait()  # what is already buffered, without waiting
+                chunk = response.read_nowait()  # what is already buffered, without waiting
                 if chunk:
                     yield chunk
                     continue
-                if content.at_eof():
+                if response.complete:
                     return
                 if before_wait is not None:
                     await before_wait()
-                if on_silence is None:
-                    chunk = await content.readany()
-                else:
-                    silence = asyncio.timeout(silence_s)
-                    try:
-                        async with silence:
-                            chunk = await content.readany()
-                    except TimeoutError:
-                        if not silence.expired():
-                            raise  # aiohttp's own read timeout (a TimeoutError too): the upstream is dead
+                received = await response.read(wait_s)
+                if received is None:
+                    if on_silence is not None:
                         await on_silence()
-                        continue
-                if not chunk:
+                    continue
+                if not received:
                     return
-                yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                yield received
+        except ReadTimeout as exc:
             raise UpstreamTimeout(
                 f"The upstream was silent for more than {self._timeout_s:g} s (--timeout)."
             ) from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
-            if self._abort_error is not None:
-                raise self._abort_error from exc
+        except Http1Error as exc:
             raise UpstreamUnavailable("The upstream connection broke in the middle of the answer.") from exc
 
     async def read_json(self, max_bytes: int) -> Any:
@@ -161,24 +151,30 @@ class UpstreamResponse:
 class UpstreamClient:
     """Requests to one Qwen Chat origin over a shared keep-alive pool."""
 
-    def __init__(self, session: aiohttp.ClientSession, origin: str, config: Config,
-                 metrics: Metrics | None = None) -> None:
-        self._session = session
+    def __init__(self, origin: str, config: Config, metrics: Metrics | None = None) -> None:
         self._origin = origin.rstrip("/")
         self._config = config
         self._metrics = metrics if metrics is not None else Metrics()
+        timeout_s = config.timeouts.upstream_s
+        self._pool = Http1Pool(self._origin, limit=config.limits.max_concurrency + POOL_HEADROOM,
+                               connect_timeout_s=timeout_s, read_timeout_s=timeout_s)
         # The web app's own Origin/Referer and "source" (§1 [C]); the original sent none.
-        self._headers = {**BROWSER_HEADERS, "Origin": self._origin, "Referer": self._origin + "/",
-                         "source": "web", **dict(config.upstream_headers)}
+        headers = {"Host": self._pool.host_header, **BROWSER_HEADERS, "Origin": self._origin,
+                   "Referer": self._origin + "/", "source": "web"}
+        headers = _merged(headers, config.upstream_headers)
+        #: the request head after the request line, up to the per-request headers.
+        self._fixed_head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         #: responses being read right now, so a drain can end them at its deadline.
         self._open: set[UpstreamResponse] = set()
         self._background: set[asyncio.Task[None]] = set()
-        timeout_s = config.timeouts.upstream_s
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
 
     @property
     def origin(self) -> str:
         return self._origin
+
+    async def close(self) -> None:
+        """Close the idle keep-alive connections (open responses belong to their handlers)."""
+        await self._pool.close()
 
     async def post_json(self, path: str, body: dict[str, Any], *, token: str) -> Any:
         """POST a JSON body and return the decoded JSON answer (e.g. qwen-v2 chat creation)."""
@@ -222,18 +218,15 @@ class UpstreamClient:
         """
         timeouts = self._config.timeouts
         attempts = self._config.retries
-        headers = {**self._headers, "Authorization": f"Bearer {token}",
-                   "Accept": "text/event-stream" if stream else "application/json"}
         data = None
         if json_body is not None:
             data = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-            headers["Content-Type"] = "application/json"
-        url = self._origin + path
+        head = self._head(method, path, token, "text/event-stream" if stream else "application/json", data)
         for attempt in range(1, attempts + 1):
             self._metrics.upstream_attempts += 1
             started = time.perf_counter()
             try:
-                response = await self._attempt(method, url, headers, data)
+                response = await self._attempt(head, data)
             except _Retryable as failure:
                 reason = failure.error.instance_code or failure.error.code or "error"
                 if attempt >= attempts:
@@ -256,27 +249,30 @@ class UpstreamClient:
                 yield wrapped
             finally:
                 self._open.discard(wrapped)
-                if response.content.is_eof():
-                    response.release()
-                else:
-                    response.close()
+                response.close()  # reused if it was read to the end, else dropped
             return
 
-    async def _attempt(self, method: str, url: str, headers: dict[str, str],
-                       data: bytes | None) -> aiohttp.ClientResponse:
+    def _head(self, method: str, path: str, token: str, accept: str, data: bytes | None) -> bytes:
+        """The request head: fixed headers once per client, four per request."""
+        if "\r" in token or "\n" in token:  # also checked at the edge; a header must never split here
+            raise AuthenticationFailed("The bearer token is malformed.")
+        body_headers = f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n" if data is not None else ""
+        return (f"{method} {self._pool.base_path}{path} HTTP/1.1\r\n{self._fixed_head}"
+                f"Authorization: Bearer {token}\r\nAccept: {accept}\r\n{body_headers}\r\n"
+                ).encode()
+
+    async def _attempt(self, head: bytes, data: bytes | None) -> Http1Response:
         timeout_s = self._config.timeouts.upstream_s
         try:
-            # aiohttp's own timers bound the connect and the wait for the response head
-            # (ClientTimeout sock_connect/sock_read): no extra timer of ours per request.
-            response = await self._session.request(method, url, headers=headers, data=data,
-                                                   timeout=self._timeout, allow_redirects=False)
-        except TimeoutError as exc:  # aiohttp's ServerTimeoutError/ConnectionTimeoutError are TimeoutErrors
+            # The pool's own timers bound the connect and the wait for the response head.
+            response = await self._pool.request(head, data)
+        except TimeoutError as exc:  # ConnectTimeout and ReadTimeout are TimeoutErrors
             raise UpstreamTimeout(f"The upstream did not answer within {timeout_s:g} s (--timeout).") from exc
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise _Retryable(UpstreamUnavailable(
-                f"Cannot reach the upstream: {type(exc).__name__}.")) from exc
-        except aiohttp.ClientError as exc:  # e.g. "Bad status line": not an HTTP server
+        except NotHttp as exc:  # e.g. a bad status line: not an HTTP server
             raise UpstreamProtocolError(f"The upstream did not answer in HTTP: {type(exc).__name__}.") from exc
+        except (Http1Error, OSError) as exc:
+            name = type(exc.__cause__ if isinstance(exc, ConnectError) and exc.__cause__ else exc).__name__
+            raise _Retryable(UpstreamUnavailable(f"Cannot reach the upstream: {name}.")) from exc
         try:
             await self._check(response)
         except BaseException:
@@ -284,13 +280,13 @@ class UpstreamClient:
             raise
         return response
 
-    async def _check(self, response: aiohttp.ClientResponse) -> None:
+    async def _check(self, response: Http1Response) -> None:
         status = response.status
         actual = response.headers.get("x-actual-status-code", "")
         if 200 <= status < 300 and actual.isdigit() and int(actual) >= 400:
             # qwen-v2 sends JSON errors as HTTP 200 with the real status here (§4.5).
             status = int(actual)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
         if 200 <= status < 300:
             if response.content_type == "text/html":
                 head = await _read_some(response)
@@ -324,11 +320,28 @@ class UpstreamClient:
                                status=status if status in (400, 404, 413, 422) else 400)
 
 
-async def _read_some(response: aiohttp.ClientResponse) -> bytes:
+async def _read_some(response: Http1Response) -> bytes:
+    """The start of an error body (for its message), never waiting past the read timeout."""
+    body = b""
     try:
-        return await response.content.read(_ERROR_BODY_BYTES)
-    except (TimeoutError, aiohttp.ClientError, ConnectionError):
-        return b""
+        while len(body) < _ERROR_BODY_BYTES:
+            chunk = await response.read()
+            if not chunk:
+                break
+            body += chunk
+    except (RelayError, Http1Error):
+        pass
+    return body[:_ERROR_BODY_BYTES]
+
+
+def _merged(headers: dict[str, str], extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """``headers`` with ``extra`` applied, names compared case-insensitively (config wins)."""
+    merged = {name.lower(): (name, value) for name, value in headers.items()}
+    for name, value in extra:
+        if any(ch in name + value for ch in "\r\n\0"):
+            raise ValueError(f"upstream header {name!r} holds a line break")
+        merged[name.lower()] = (name, value)
+    return dict(merged.values())
 
 
 def _detail(body: bytes) -> str:
