@@ -11,8 +11,7 @@ send bursts), then gets 429 with ``Retry-After`` instead of waiting without boun
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 from .errors import Overloaded
 
@@ -39,9 +38,11 @@ class ConcurrencyGate:
         """Return once no request holds a slot (the drain waits on this)."""
         await self._idle.wait()
 
-    @asynccontextmanager
-    async def slot(self, wait_s: float = 0.0) -> AsyncIterator[None]:
+    def slot(self, wait_s: float = 0.0) -> _Slot:
         """Hold a slot for the block; wait up to ``wait_s`` for one (FIFO), else 429."""
+        return _Slot(self, wait_s)
+
+    async def _acquire(self, wait_s: float) -> None:
         if self._semaphore.locked():
             if wait_s <= 0:
                 self._reject()
@@ -54,13 +55,12 @@ class ConcurrencyGate:
             await self._semaphore.acquire()
         self.in_flight += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            self._semaphore.release()
-            if not self.in_flight:
-                self._idle.set()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._semaphore.release()
+        if not self.in_flight:
+            self._idle.set()
 
     def _reject(self) -> None:
         self.rejected += 1
@@ -69,3 +69,20 @@ class ConcurrencyGate:
             "(--max-concurrency); retry shortly.",
             retry_after_s=RETRY_AFTER_FULL_S,
         )
+
+
+class _Slot:
+    """``async with gate.slot():`` a class rather than a generator: one per request."""
+
+    __slots__ = ("_gate", "_wait_s")
+
+    def __init__(self, gate: ConcurrencyGate, wait_s: float) -> None:
+        self._gate = gate
+        self._wait_s = wait_s
+
+    async def __aenter__(self) -> None:
+        await self._gate._acquire(self._wait_s)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self._gate._release()

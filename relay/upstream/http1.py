@@ -145,6 +145,29 @@ class Http1Response:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: a request at a time, its response parsed as it arrives."""
 
+    __slots__ = (
+        "_busy",
+        "_chunks",
+        "_close_delimited",
+        "_error",
+        "_head_waiter",
+        "_header_pairs",
+        "_keep_alive",
+        "_last_rx",
+        "_loop",
+        "_parser",
+        "_paused",
+        "_pool",
+        "_response",
+        "_silence_due",
+        "_timer",
+        "_transport",
+        "_waiter",
+        "buffered",
+        "idle_since",
+        "lost",
+    )
+
     def __init__(self, pool: Http1Pool) -> None:
         self._pool = pool
         self._loop = pool.loop
@@ -154,7 +177,7 @@ class _Connection(asyncio.Protocol):
         self._head_waiter: asyncio.Future[Http1Response] | None = None
         self._waiter: asyncio.Future[object] | None = None
         self._response: Http1Response | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: list[bytes] = []
         self.buffered = 0
         self._error: BaseException | None = None
         self._busy = False
@@ -223,6 +246,7 @@ class _Connection(asyncio.Protocol):
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1").strip()
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        self._header_pairs = []
         self._keep_alive = self._parser.should_keep_alive()
         self._close_delimited = ("content-length" not in headers
                                  and "chunked" not in headers.get("transfer-encoding", "").lower())
@@ -282,7 +306,7 @@ class _Connection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             return b""
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self.buffered = 0
         if self._paused and self._transport is not None:
