@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dialects.common import model_variants
+from .jsonio import dumps, loads
 from .openai_wire import model_list
 from .state import MemoryState, StateBackend
 
@@ -76,12 +77,14 @@ class ModelsCache:
         shared = await self._state.load_models(key.hex()) if ttl_s > 0 else None
         if shared is not None:
             payload, ttl_s = shared
-            models: list[dict[str, Any]] = json.loads(payload)
+            models: list[dict[str, Any]] = loads(payload)
         else:
             self.upstream_calls += 1
             models = await self._fetch(token)
             if ttl_s > 0:
-                await self._state.store_models(key.hex(), json.dumps(models, separators=(",", ":")).encode(), ttl_s)
+                # ASCII-escaped by the stdlib: once per TTL, and every string round-trips exactly.
+                stored = json.dumps(models, separators=(",", ":")).encode()
+                await self._state.store_models(key.hex(), stored, ttl_s)
         created = int(time.time())
         variants = model_variants(models)
         names = {m["id"]: m.get("name") for m in models}
@@ -90,7 +93,7 @@ class ModelsCache:
         listing = model_list([*models, *synthetic], created)
         entry = CachedModels(
             ids=frozenset(item["id"] for item in listing["data"]),
-            body=json.dumps(listing, ensure_ascii=False, separators=(",", ":")).encode(),
+            body=dumps(listing),
             expires_at=time.monotonic() + ttl_s,
             variants=variants,
         )

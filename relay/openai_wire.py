@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidRequest
+from .jsonio import has_lone_surrogate, loads
 
 __all__ = [
     "ChatRequest",
@@ -52,17 +53,14 @@ def parse_json_body(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid UTF-8 (byte {exc.start}).") from exc
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = loads(text, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise InvalidRequest("The request body is nested too deeply to parse.") from exc
     except ValueError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from exc
-    if _SURROGATE_ESCAPE.search(text):
-        # "\ud800" alone decodes to a string no UTF-8 encoder accepts; pairs (emoji) are fine.
-        try:
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidRequest("The request body contains an unpaired UTF-16 surrogate escape.") from exc
+    # "\ud800" alone decodes to a string no UTF-8 encoder accepts; pairs (emoji) are fine.
+    if _SURROGATE_ESCAPE.search(text) and has_lone_surrogate(body):
+        raise InvalidRequest("The request body contains an unpaired UTF-16 surrogate escape.")
     return body
 
 

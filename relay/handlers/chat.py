@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -12,6 +11,7 @@ from aiohttp import web
 
 from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
 from ..errors import RelayError, UpstreamProtocolError, UpstreamTimeout
+from ..jsonio import dumps
 from ..keys import CONFIG, DIALECT, GATE, METRICS, OPERATOR, UPSTREAM
 from ..middleware import INFO, RequestInfo
 from ..openai_wire import (
@@ -337,4 +337,4 @@ async def _raising(error: RelayError) -> AsyncIterator[Frame]:
 
 
 def _dumps(payload: object) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    return dumps(payload)

@@ -7,13 +7,13 @@ and the rest of the answer still flows.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from ..errors import StreamLimitExceeded
+from ..jsonio import loads
 from ..sse import LineTooLong, SseDecoder, SseEvent
 from ._util import closing_source
 from .frames import StreamStats
@@ -62,7 +62,7 @@ async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> As
             if data.strip() == _DONE:
                 return
             try:
-                payload = json.loads(data, parse_constant=_not_json, parse_float=_finite_float)
+                payload = loads(data, parse_constant=_not_json, parse_float=_finite_float)
             except (ValueError, RecursionError):
                 payload = None
             if not isinstance(payload, dict):
