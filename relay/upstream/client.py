@@ -14,7 +14,6 @@ caps a whole stream.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +34,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ..jsonio import dumps, loads
 from ..metrics import Metrics
 from .http1 import ACCEPT_ENCODING, ConnectError, Http1Error, Http1Pool, Http1Response, NotHttp, ReadTimeout
 from .retry import backoff_s, parse_retry_after
@@ -136,14 +136,16 @@ class UpstreamResponse:
 
     async def read_json(self, max_bytes: int) -> Any:
         """Read the whole body (at most ``max_bytes``) and decode it as JSON."""
-        body = bytearray()
+        chunks: list[bytes] = []
+        size = 0
         async for chunk in self.iter_bytes():
-            body += chunk
-            if len(body) > max_bytes:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
                 raise StreamLimitExceeded(f"The upstream answer is larger than {max_bytes} bytes "
                                           "(--max-line-bytes).")
         try:
-            return json.loads(body)
+            return loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         except (ValueError, RecursionError) as exc:
             raise UpstreamProtocolError("The upstream answer is not valid JSON.") from exc
 
@@ -220,7 +222,7 @@ class UpstreamClient:
         attempts = self._config.retries
         data = None
         if json_body is not None:
-            data = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+            data = dumps(json_body)
         head = self._head(method, path, token, "text/event-stream" if stream else "application/json", data)
         for attempt in range(1, attempts + 1):
             self._metrics.upstream_attempts += 1
@@ -347,7 +349,7 @@ def _merged(headers: dict[str, str], extra: tuple[tuple[str, str], ...]) -> dict
 def _detail(body: bytes) -> str:
     """A short, JSON-safe description of an upstream error body."""
     try:
-        payload = json.loads(body)
+        payload = loads(body)
     except (ValueError, RecursionError):
         text = body[:200].decode("utf-8", "replace").strip()
         return text if text and not text.startswith("<") else "no details"
@@ -362,7 +364,7 @@ def _detail(body: bytes) -> str:
 def _v2_error(body: bytes) -> dict[str, Any] | None:
     """The ``data`` of a qwen-v2 ``{"success": false, "data": {"code": ...}}`` body."""
     try:
-        payload = json.loads(body)
+        payload = loads(body)
     except (ValueError, RecursionError):
         return None
     if isinstance(payload, dict) and payload.get("success") is False and isinstance(payload.get("data"), dict):
