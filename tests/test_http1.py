@@ -421,8 +421,6 @@ async def test_complete_response_closed_unread_is_reused(harness: Harness) -> No
     assert server.accepted == 1
 
 
-@pytest.mark.xfail(strict=True, reason="http1: a connection paused at HIGH_WATER is pooled still paused; "
-                                       "the next request on it never gets its answer")
 async def test_complete_response_closed_unread_past_high_water_is_reused(harness: Harness) -> None:
     """A complete body buffered past the high-water mark paused reading; reuse must resume it.
 
@@ -440,8 +438,6 @@ async def test_complete_response_closed_unread_past_high_water_is_reused(harness
     assert server.accepted == 1
 
 
-@pytest.mark.xfail(strict=True, reason="http1: connection_lost after a complete response records "
-                                       "ConnectionBroken, and take() raises it instead of the end")
 async def test_server_closing_after_a_complete_response_does_not_break_it(harness: Harness) -> None:
     """``Connection: close`` then a close, before the consumer read the end: still a whole body.
 
@@ -461,8 +457,6 @@ async def test_server_closing_after_a_complete_response_does_not_break_it(harnes
     assert await read_all(response) == b"all of it"
 
 
-@pytest.mark.xfail(strict=True, reason="http1: an unsolicited second response replaces the first; its "
-                                       "body is mixed in and close() then leaks the busy connection")
 async def test_unsolicited_second_response_is_not_mixed_into_the_first(harness: Harness) -> None:
     """Bytes after a complete response belong to no request: never to the current body.
 
@@ -689,8 +683,6 @@ async def test_refused_port_is_a_connect_error(harness: Harness) -> None:
     assert pool.connections == 0
 
 
-@pytest.mark.xfail(strict=True, reason="http1: a queued request cancelled after being woken swallows the "
-                                       "wake-up; the next waiter sleeps until ConnectTimeout")
 async def test_cancelled_waiter_passes_its_wake_up_on(harness: Harness) -> None:
     """limit=1, two queued: the first woken is cancelled before it runs; the other gets the slot.
 

@@ -206,7 +206,10 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self.fail(NotHttp("The upstream switched protocols."))
         except httptools.HttpParserError as exc:
-            self.fail(NotHttp(f"Malformed HTTP from the upstream: {exc}"))
+            if self._response is not None and self._response.complete:
+                self._drop()  # bytes after a whole answer: the answer stands, the connection does not
+            else:
+                self.fail(NotHttp(f"Malformed HTTP from the upstream: {exc}"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -215,8 +218,8 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         self._cancel_timer()
         response = self._response
-        if self._busy:
-            if response is not None and not response.complete and self._close_delimited and exc is None:
+        if self._busy and not (response is not None and response.complete):  # a whole answer stands
+            if response is not None and self._close_delimited and exc is None:
                 self.on_message_complete()  # the body ran until the close: that was its end
             else:
                 where = " before answering." if response is None else " mid-answer."
@@ -232,6 +235,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._response is not None and self._response.complete:
+            raise NotHttp("A second response to one request.")  # stops llhttp; data_received drops us
         self._header_pairs = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -360,6 +365,9 @@ class _Connection(asyncio.Protocol):
         self._chunks.clear()
         self.buffered = 0
         if reusable:
+            if self._paused and self._transport is not None:
+                self._paused = False  # a body left unread past HIGH_WATER: the next answer must be read
+                self._transport.resume_reading()
             self._pool.release(self)
         else:
             self._drop()
@@ -482,6 +490,10 @@ class Http1Pool:
                     self._waiters.append(waiter)
                     try:
                         await waiter
+                    except asyncio.CancelledError:
+                        if waiter.done() and not waiter.cancelled():
+                            self._wake_waiter()  # woken but not taking the slot: pass the turn on
+                        raise
                     finally:
                         if waiter in self._waiters:
                             self._waiters.remove(waiter)
