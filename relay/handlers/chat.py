@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from functools import partial
 
 from aiohttp import web
@@ -114,6 +115,7 @@ async def _stream(request: web.Request, info: RequestInfo, caller: Caller, plan:
         # (_write_stream turns later errors into SSE error events).
         call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
         async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
+            call = replace(call, body={})  # sent: the prompt need not live as long as the stream
             info.upstream_attempts = upstream.attempts
             return await _relay_stream(request, info, upstream, dialect, plan, call, token,
                                        options.thinking is False)

@@ -246,6 +246,8 @@ class UpstreamClient:
                 raise
             self._metrics.upstream_first_byte.observe(time.perf_counter() - started)
             wrapped = UpstreamResponse(response, attempt, timeouts.upstream_s)
+            # Sent: a coding agent's 100 KB prompt need not live as long as its stream.
+            del head, data, json_body
             self._open.add(wrapped)
             try:
                 yield wrapped
