@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
 
 from ..config import Config
@@ -84,6 +84,10 @@ class UpstreamResponse:
         the pipeline ends the stream with an error event and ``[DONE]``.
         """
         self._response.abort(error)
+
+    def close(self) -> None:
+        """Back to the pool if read to the end, else dropped (the upstream stops generating)."""
+        self._response.close()
 
     @property
     def status(self) -> int:
@@ -208,22 +212,21 @@ class UpstreamClient:
             response.abort(error)
         return len(responses)
 
-    @asynccontextmanager
-    async def open(self, method: str, path: str, *, token: str,
-                   json_body: dict[str, Any] | None = None,
-                   stream: bool = False) -> AsyncIterator[UpstreamResponse]:
-        """Send the request, retrying before the first byte; yield the good response.
+    def open(self, method: str, path: str, *, token: str, json_body: dict[str, Any] | None = None,
+             stream: bool = False) -> _Exchange:
+        """``async with client.open(...) as response``: send, retrying before the first byte.
 
         The response is closed (not released to the pool) unless it was read to
         the end: a half-read connection must never be reused, and closing it is
         how a client disconnect stops the upstream from generating.
         """
+        data = dumps(json_body) if json_body is not None else None
+        head = self._head(method, path, token, "text/event-stream" if stream else "application/json", data)
+        return _Exchange(self, head, data)
+
+    async def _send(self, head: bytes, data: bytes | None) -> UpstreamResponse:
         timeouts = self._config.timeouts
         attempts = self._config.retries
-        data = None
-        if json_body is not None:
-            data = dumps(json_body)
-        head = self._head(method, path, token, "text/event-stream" if stream else "application/json", data)
         for attempt in range(1, attempts + 1):
             self._metrics.upstream_attempts += 1
             started = time.perf_counter()
@@ -246,15 +249,13 @@ class UpstreamClient:
                 raise
             self._metrics.upstream_first_byte.observe(time.perf_counter() - started)
             wrapped = UpstreamResponse(response, attempt, timeouts.upstream_s)
-            # Sent: a coding agent's 100 KB prompt need not live as long as its stream.
-            del head, data, json_body
             self._open.add(wrapped)
-            try:
-                yield wrapped
-            finally:
-                self._open.discard(wrapped)
-                response.close()  # reused if it was read to the end, else dropped
-            return
+            return wrapped
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _done(self, response: UpstreamResponse) -> None:
+        self._open.discard(response)
+        response.close()
 
     def _head(self, method: str, path: str, token: str, accept: str, data: bytes | None) -> bytes:
         """The request head: fixed headers once per client, four per request."""
@@ -322,6 +323,35 @@ class UpstreamClient:
             raise _Retryable(_challenge(head, status))
         raise UpstreamRejected(f"Qwen Chat refused the request with HTTP {status}: {_detail(head)}",
                                status=status if status in (400, 404, 413, 422) else 400)
+
+
+class _Exchange:
+    """What ``async with client.open(...)`` runs: a class, not a generator.
+
+    A generator-based context manager keeps its arguments (the request body)
+    and its own frame for as long as the block runs, which for a stream is the
+    stream's whole life; this keeps nothing once the request is sent.
+    """
+
+    __slots__ = ("_client", "_data", "_head", "_response")
+
+    def __init__(self, client: UpstreamClient, head: bytes, data: bytes | None) -> None:
+        self._client = client
+        self._head = head
+        self._data = data
+        self._response: UpstreamResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        try:
+            self._response = await self._client._send(self._head, self._data)
+        finally:
+            self._head = self._data = b""  # sent (or failed): a long prompt need not live on
+        return self._response
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        if self._response is not None:
+            self._client._done(self._response)
 
 
 async def _read_some(response: Http1Response) -> bytes:
