@@ -15,7 +15,7 @@ from .keys import CONFIG, DIALECT, GATE, LIFECYCLE, METRICS, MODELS, OPERATOR, P
 from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
 from .metrics import Metrics
-from .middleware import add_response_headers, preflight, relay_middleware
+from .middleware import preflight, relay_middleware, response_headers
 from .models_cache import ModelsCache
 from .operator import Operator
 from .state import open_state
@@ -46,7 +46,7 @@ def make_app(config: Config) -> web.Application:
     metrics.collectors.append(operator.render_metrics)
     metrics.collectors.append(state.render_metrics)
     app.cleanup_ctx.append(_upstream_context)
-    app.on_response_prepare.append(add_response_headers)
+    app.on_response_prepare.append(response_headers(config))
     app.router.add_get("/healthz", health.healthz, allow_head=True)
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/v1/models", models.list_models, allow_head=False)

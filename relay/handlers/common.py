@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ..compression import compress_async, negotiate_encoding
 from ..errors import AuthenticationFailed, BodyTooLarge, RequestTimeout
@@ -14,6 +15,8 @@ from ..operator.auth import Caller, identify
 __all__ = ["bearer_token", "caller", "json_response", "read_body"]
 
 _TOKEN_MAX_CHARS = 8192
+#: every JSON answer varies with Accept-Encoding, compressed or not (a cache must not mix them).
+_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json", "Vary": "Accept-Encoding"})
 
 
 def bearer_token(request: web.Request) -> str:
@@ -74,7 +77,6 @@ async def json_response(request: web.Request, body: bytes, *, status: int = 200,
     ``cache`` keeps compressed variants of a body that is served many times
     (the model list), so it is compressed once per coding.
     """
-    headers = {"Vary": "Accept-Encoding"}
     if len(body) >= request.app[CONFIG].compress_min_bytes:
         coding = negotiate_encoding(request.headers.get("Accept-Encoding"))
         if coding is not None:
@@ -83,6 +85,8 @@ async def json_response(request: web.Request, body: bytes, *, status: int = 200,
                 encoded = await compress_async(body, coding)
                 if cache is not None:
                     cache[coding] = encoded
-            body = encoded
+            headers = CIMultiDict(_JSON_HEADERS)
             headers["Content-Encoding"] = coding
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+            return web.Response(status=status, body=encoded, headers=headers)
+    # Response copies the headers it is given: one shared, prebuilt set is safe.
+    return web.Response(status=status, body=body, headers=_JSON_HEADERS)

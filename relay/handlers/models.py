@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -10,14 +11,13 @@ from aiohttp import web
 from ..dialects import ChatOptions, Dialect
 from ..dialects.options import resolve_options
 from ..errors import AuthenticationFailed, ModelNotFound, RelayError
-from ..keys import MODELS, POOL_MODELS
+from ..keys import MODELS, OPERATOR, POOL_MODELS
 from ..models_cache import CachedModels, Fetch
 from ..openai_wire import ChatRequest
 from ..operator import Operator
-from ..operator.auth import Caller, with_upstream_token
+from ..operator.auth import Caller, identify, with_upstream_token
 from ..upstream import UpstreamClient
-from .common import caller as identify_caller
-from .common import json_response
+from .common import bearer_token, json_response
 
 __all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_request"]
 
@@ -30,8 +30,9 @@ POOL_CACHE_KEY = "operator-pool"
 
 
 async def list_models(request: web.Request) -> web.Response:
-    caller = identify_caller(request)
-    entry = await _models_of(request, caller)
+    app = request.app  # read once: each request.app[...] costs three Python calls
+    caller = identify(app[OPERATOR], bearer_token(request))
+    entry = await _models_of(app, caller)
     if caller.key is not None and caller.key.spec.models is not None:
         allowed = caller.key.spec.models
         listing = json.loads(entry.body)
@@ -40,10 +41,11 @@ async def list_models(request: web.Request) -> web.Response:
     return await json_response(request, entry.body, cache=entry.encoded)
 
 
-async def _models_of(request: web.Request, caller: Caller) -> CachedModels:
+def _models_of(app: web.Application, caller: Caller) -> Awaitable[CachedModels]:
+    """The cache lookup to await (a plain function: no coroutine of its own per request)."""
     if caller.token is not None:
-        return await request.app[MODELS].get(caller.token)
-    return await request.app[POOL_MODELS].get(POOL_CACHE_KEY)
+        return app[MODELS].get(caller.token)
+    return app[POOL_MODELS].get(POOL_CACHE_KEY)
 
 
 def fetcher(client: UpstreamClient, dialect: Dialect) -> Fetch:
@@ -74,7 +76,7 @@ async def resolve_request(request: web.Request, caller: Caller, chat: ChatReques
     token, the upstream decides about the model itself.
     """
     try:
-        entry = await _models_of(request, caller)
+        entry = await _models_of(request.app, caller)
     except AuthenticationFailed:
         raise
     except RelayError:
