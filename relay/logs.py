@@ -42,15 +42,20 @@ def redact(text: str) -> str:
     they need (~0.3 µs) skips them on lines that cannot match.
     """
     lowered = text.lower()
-    if not any(trigger in lowered for trigger in _TRIGGERS):
-        return text
-    return _JWT.sub("***", _SECRETS.sub(r"\1***", text))
+    for trigger in _TRIGGERS:  # a plain loop: any() over a generator costs a third more
+        if trigger in lowered:
+            return _JWT.sub("***", _SECRETS.sub(r"\1***", text))
+    return text
 
 
 @functools.lru_cache(maxsize=4)
 def _second(epoch_s: int) -> str:
     """ISO-8601 UTC to the second; cached, since a busy relay logs many lines per second."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
+
+
+#: one encoder for every line: json.dumps with options builds a new JSONEncoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,7 +74,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+        return redact(_ENCODER.encode(entry))
 
 
 def setup_logging(level: str) -> None:
