@@ -19,9 +19,9 @@ import re
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["DeferredLog", "JsonFormatter", "redact", "request_id_var", "setup_logging"]
+__all__ = ["BatchingStreamHandler", "DeferredLog", "JsonFormatter", "redact", "request_id_var", "setup_logging"]
 
 request_id_var: ContextVar[str | None] = ContextVar("relay_request_id", default=None)
 
@@ -120,9 +120,64 @@ class DeferredLog:
             logger.handle(record)
 
 
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Write the lines of one event-loop iteration with one ``write``, at its end.
+
+    Why: with the access log on, a busy relay writes a line per request, and a
+    write(2) per line into journald's pipe wakes the reader each time. Lines
+    are formatted at once (in their request's context); only the write waits,
+    for a callback at the end of the current loop iteration. Outside a running
+    loop (startup, shutdown, the supervisor), on a new loop, and from WARNING
+    up, everything pending is written at once: a crash can cost one iteration's
+    access lines, never an error line. ``logging.shutdown`` flushes the rest.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle holds self.lock around emit: threads may log too.
+        try:
+            self._pending.append(self.format(record))
+        except Exception:  # noqa: BLE001 (logging's contract: a bad record never raises)
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING or not self._flush_soon():
+            self.flush()
+
+    def _flush_soon(self) -> bool:
+        """End this loop iteration with a flush; False when no loop can be trusted to."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if loop is not self._loop:  # the last loop's callback may never have run
+            self._loop = loop
+            return False
+        if len(self._pending) == 1:
+            # An empty context: the callback must not run inside one request's context.
+            loop.call_soon(self.flush, context=contextvars.Context())
+        return True
+
+    def flush(self) -> None:
+        """Write what is pending; like ``emit``, report a failed write and never raise."""
+        self.acquire()
+        try:
+            lines, self._pending = self._pending, []
+            if lines:
+                self.stream.write("\n".join(lines) + "\n")
+            super().flush()
+        except Exception:  # noqa: BLE001 (logging's contract, as StreamHandler.emit)
+            self.handleError(logging.makeLogRecord({"msg": "log lines lost", "args": ()}))
+        finally:
+            self.release()
+
+
 def setup_logging(level: str) -> None:
     """Send every ``relay`` and ``aiohttp`` logger's lines to stderr as JSON."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchingStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

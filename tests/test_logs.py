@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from relay.logs import DeferredLog, JsonFormatter, redact, request_id_var
+from relay.logs import BatchingStreamHandler, DeferredLog, JsonFormatter, redact, request_id_var
 
 # A Qwen Chat token is a JWT; the second canary has no JWT shape, so only the
 # key-based patterns (Bearer, token=, api_key=) can catch it.
@@ -218,3 +218,65 @@ def test_deferred_lines_of_a_stopped_loop_are_written_by_the_next(
 
     asyncio.run(add_second())
     assert [entry["request_id"] for entry in lines_of(stream)] == ["first", "second"]
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def batching(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, CountingStream]]:
+    """A logger whose lines go through a BatchingStreamHandler into a counting buffer."""
+    stream = CountingStream()
+    handler = BatchingStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"relay.test.{request.node.name}")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+
+
+async def test_batching_handler_writes_an_iterations_lines_at_once(
+        batching: tuple[logging.Logger, CountingStream]) -> None:
+    """INFO lines wait for the end of the loop iteration, then go out in one write
+    (the first line on a new loop is written at once: an older loop may never
+    have run its callback)."""
+    logger, stream = batching
+    logger.info("first")
+    assert [e["event"] for e in lines_of(stream)] == ["first"]
+    before = stream.writes
+    for n in range(3):
+        logger.info("line", extra={"fields": {"n": n}})
+    assert stream.writes == before
+    await asyncio.sleep(0)
+    assert stream.writes == before + 1
+    assert [e.get("n") for e in lines_of(stream)] == [None, 0, 1, 2]
+
+
+async def test_batching_handler_writes_warnings_at_once(batching: tuple[logging.Logger, CountingStream]) -> None:
+    """A warning or error is written as soon as it is logged, after the lines before it."""
+    logger, stream = batching
+    logger.info("first")
+    logger.info("pending")
+    logger.error("failed")
+    assert [e["event"] for e in lines_of(stream)] == ["first", "pending", "failed"]
+
+
+def test_batching_handler_without_a_loop_writes_each_line(batching: tuple[logging.Logger, CountingStream]) -> None:
+    logger, stream = batching
+    logger.info("one")
+    logger.debug("two")
+    assert [e["event"] for e in lines_of(stream)] == ["one", "two"]
+    assert stream.writes == 2
