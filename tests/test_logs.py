@@ -5,15 +5,18 @@ puts into a message.
 
 from __future__ import annotations
 
+import asyncio
+import calendar
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from relay.logs import JsonFormatter, redact, request_id_var
+from relay.logs import BatchingStreamHandler, DeferredLog, JsonFormatter, redact, request_id_var
 
 # A Qwen Chat token is a JWT; the second canary has no JWT shape, so only the
 # key-based patterns (Bearer, token=, api_key=) can catch it.
@@ -159,3 +162,121 @@ def test_formatter_masks_whatever_redact_masks(text: str, captured: tuple[loggin
     logger, stream = captured
     logger.warning(text)
     assert PLAIN_CANARY not in stream.getvalue()
+
+
+def busy_wait(seconds: float) -> None:
+    """Hold the event loop, as a burst of requests would."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_deferred_lines_are_handled_at_the_end_of_the_iteration(
+        captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """Lines added during requests are written, in order, once the loop gets back
+    to its callbacks: each with the time it was added and its own request id, not
+    the id of whichever request's context the batch might have run in."""
+    logger, stream = captured
+    deferred = DeferredLog(logger, "request")
+    token = request_id_var.set("adding-request")
+    try:
+        deferred.add({"request_id": "one", "status": 200})
+        added_s = time.time()
+        busy_wait(0.05)
+        deferred.add({"request_id": "two", "status": 404})
+    finally:
+        request_id_var.reset(token)
+    assert stream.getvalue() == ""
+    await asyncio.sleep(0)
+    first, second = lines_of(stream)
+    assert [(e["request_id"], e["status"], e["event"]) for e in (first, second)] == [
+        ("one", 200, "request"), ("two", 404, "request")]
+    assert list(first)[:5] == ["ts", "level", "logger", "event", "request_id"]
+    written_s = calendar.timegm(time.strptime(first["ts"][:19], "%Y-%m-%dT%H:%M:%S")) + int(first["ts"][20:23]) / 1000
+    assert abs(written_s - added_s) < 0.02
+    assert first["ts"] < second["ts"]
+
+
+def test_deferred_lines_of_a_stopped_loop_are_written_by_the_next(
+        captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """A loop that stopped before its callback ran (a test's loop) leaves no line behind."""
+    logger, stream = captured
+    deferred = DeferredLog(logger, "request")
+    first = asyncio.new_event_loop()
+
+    def add_then_stop() -> None:
+        deferred.add({"request_id": "first"})
+        first.stop()  # this iteration ends the loop: the flush it scheduled never runs
+
+    first.call_soon(add_then_stop)
+    first.run_forever()
+    first.close()
+    assert stream.getvalue() == ""
+
+    async def add_second() -> None:
+        deferred.add({"request_id": "second"})
+
+    asyncio.run(add_second())
+    assert [entry["request_id"] for entry in lines_of(stream)] == ["first", "second"]
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def batching(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, CountingStream]]:
+    """A logger whose lines go through a BatchingStreamHandler into a counting buffer."""
+    stream = CountingStream()
+    handler = BatchingStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"relay.test.{request.node.name}")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+
+
+async def test_batching_handler_writes_an_iterations_lines_at_once(
+        batching: tuple[logging.Logger, CountingStream]) -> None:
+    """INFO lines wait for the end of the loop iteration, then go out in one write
+    (the first line on a new loop is written at once: an older loop may never
+    have run its callback)."""
+    logger, stream = batching
+    logger.info("first")
+    assert [e["event"] for e in lines_of(stream)] == ["first"]
+    before = stream.writes
+    for n in range(3):
+        logger.info("line", extra={"fields": {"n": n}})
+    assert stream.writes == before
+    await asyncio.sleep(0)
+    assert stream.writes == before + 1
+    assert [e.get("n") for e in lines_of(stream)] == [None, 0, 1, 2]
+
+
+async def test_batching_handler_writes_warnings_at_once(batching: tuple[logging.Logger, CountingStream]) -> None:
+    """A warning or error is written as soon as it is logged, after the lines before it."""
+    logger, stream = batching
+    logger.info("first")
+    logger.info("pending")
+    logger.error("failed")
+    assert [e["event"] for e in lines_of(stream)] == ["first", "pending", "failed"]
+
+
+def test_batching_handler_without_a_loop_writes_each_line(batching: tuple[logging.Logger, CountingStream]) -> None:
+    logger, stream = batching
+    logger.info("one")
+    logger.debug("two")
+    assert [e["event"] for e in lines_of(stream)] == ["one", "two"]
+    assert stream.writes == 2
