@@ -121,19 +121,24 @@ class DeferredLog:
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Write the lines of one event-loop iteration with one ``write``, at its end.
+    """Write the access lines of one event-loop iteration with one ``write``, at its end.
 
     Why: with the access log on, a busy relay writes a line per request, and a
     write(2) per line into journald's pipe wakes the reader each time. Lines
     are formatted at once (in their request's context); only the write waits,
-    for a callback at the end of the current loop iteration. Outside a running
-    loop (startup, shutdown, the supervisor), on a new loop, and from WARNING
-    up, everything pending is written at once: a crash can cost one iteration's
-    access lines, never an error line. ``logging.shutdown`` flushes the rest.
+    for a callback at the end of the current loop iteration.
+
+    Only ``batched_logger``'s lines wait (``relay.access``). Any other line (``listening``,
+    ``drain_started``, every warning and error) is written at once, after what
+    is pending: those are events a supervisor, a test or an operator reads in
+    order, and a worker tells its supervisor it listens right after logging it.
+    Outside a running loop and on a new loop everything is written at once too,
+    so a crash can cost one iteration's access lines, never anything else.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, batched_logger: str = "relay.access") -> None:
         super().__init__(stream)
+        self._batched_logger = batched_logger
         self._pending: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -144,7 +149,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # noqa: BLE001 (logging's contract: a bad record never raises)
             self.handleError(record)
             return
-        if record.levelno >= logging.WARNING or not self._flush_soon():
+        if record.name != self._batched_logger or record.levelno >= logging.WARNING or not self._flush_soon():
             self.flush()
 
     def _flush_soon(self) -> bool:

@@ -236,9 +236,10 @@ class CountingStream(io.StringIO):
 def batching(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, CountingStream]]:
     """A logger whose lines go through a BatchingStreamHandler into a counting buffer."""
     stream = CountingStream()
-    handler = BatchingStreamHandler(stream)
+    name = f"relay.test.{request.node.name}"
+    handler = BatchingStreamHandler(stream, batched_logger=name)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(f"relay.test.{request.node.name}")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -272,6 +273,19 @@ async def test_batching_handler_writes_warnings_at_once(batching: tuple[logging.
     logger.info("pending")
     logger.error("failed")
     assert [e["event"] for e in lines_of(stream)] == ["first", "pending", "failed"]
+
+
+async def test_batching_handler_writes_other_loggers_lines_at_once(
+        batching: tuple[logging.Logger, CountingStream]) -> None:
+    """Only the batched logger waits: a lifecycle line (``listening``) is written
+    at once, after the access lines pending before it, because a worker signals
+    its supervisor right after logging it."""
+    logger, stream = batching
+    logger.info("first")
+    logger.info("access")
+    lifecycle = logging.getLogger(logger.name + ".lifecycle")  # another name, same handler (propagation)
+    lifecycle.info("listening")
+    assert [e["event"] for e in lines_of(stream)] == ["first", "access", "listening"]
 
 
 def test_batching_handler_without_a_loop_writes_each_line(batching: tuple[logging.Logger, CountingStream]) -> None:
