@@ -25,6 +25,9 @@ Lifecycle, as seen by systemd (``Type=notify``, ``NotifyAccess=main``):
     a Ctrl-C that reaches the whole process group counts once, not twice; the
     unit uses ``KillMode=mixed`` for the same reason;
   * SIGHUP is forwarded: every worker re-reads ``[operator]`` itself;
+  * a supervisor killed outright (SIGKILL, OOM) takes its workers along: the
+    kernel sends each one SIGTERM (``PR_SET_PDEATHSIG``, Linux), so they drain
+    and exit instead of serving on as orphans;
   * a worker that dies is replaced after a backoff (0.5 s doubling to 10 s,
     reset once a worker has lived 30 s); more than ``max(10, 2 N)`` restarts
     in a minute means something is wrong with every worker, so the supervisor
@@ -38,12 +41,14 @@ across workers only with ``--state redis://…``.
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import os
 import selectors
 import signal
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +70,8 @@ _RESTART_MAX_S = 10.0
 #: a worker that lived this long was healthy: its slot's backoff starts over.
 _HEALTHY_AFTER_S = 30.0
 _RESTART_WINDOW_S = 60.0
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 Reload = Callable[[], OperatorConfig]
 
@@ -114,6 +121,7 @@ class _Supervisor:
         self.announced = False
         self.backoff_s = dict.fromkeys(range(config.workers), _RESTART_MIN_S)
         self.restarts: collections.deque[float] = collections.deque()
+        self.pid = os.getpid()
         #: slot → monotonic time its replacement is due.
         self.due: dict[int, float] = {}
 
@@ -248,7 +256,7 @@ class _Supervisor:
         pid = os.fork()
         if pid == 0:  # the worker: never returns
             os.close(ready_r)
-            _worker_main(self.config, self.reload, self.sock, ready_w, self.selector)
+            _worker_main(self.config, self.reload, self.sock, ready_w, self.selector, self.pid)
         os.close(ready_w)
         worker = _Worker(slot=slot, pid=pid, started_at=time.monotonic(), ready_fd=ready_r)
         self.workers[pid] = worker
@@ -275,10 +283,11 @@ class _Supervisor:
 
 
 def _worker_main(config: Config, reload: Reload | None, sock: socket.socket, ready_w: int,
-                 selector: selectors.BaseSelector) -> None:
+                 selector: selectors.BaseSelector, supervisor_pid: int) -> None:
     """The forked child: reset what belongs to the supervisor, serve, ``_exit``."""
     code = 1
     try:
+        _die_with_supervisor(supervisor_pid)
         selector.close()  # the supervisor's pipes are not ours to read
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
@@ -298,6 +307,24 @@ def _worker_main(config: Config, reload: Reload | None, sock: socket.socket, rea
         _log.exception("worker_failed")
     finally:
         os._exit(code)
+
+
+def _die_with_supervisor(supervisor_pid: int) -> None:
+    """Have the kernel send this worker SIGTERM (a drain) when the supervisor dies.
+
+    Why: a supervisor killed outright (SIGKILL, the OOM killer) cannot forward
+    anything, and its orphaned workers would keep serving, holding the port and
+    the log pipe open, outside any service manager's view. ``PR_SET_PDEATHSIG``
+    is Linux's; elsewhere the workers outlive it as before. A supervisor that
+    died before the call is caught by the parent-pid check.
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        _log.warning("pdeathsig_failed", extra={"fields": {"errno": ctypes.get_errno()}})
+    if os.getppid() != supervisor_pid:
+        os._exit(0)
 
 
 def supervise(config: Config, reload: Reload | None = None) -> int:

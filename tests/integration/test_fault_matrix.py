@@ -185,8 +185,17 @@ class RelayProcess:
         return memory_kib(self.process.pid)
 
     async def close(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
+        """Kill the relay's whole process group (its workers too), bounded.
+
+        Every relay here starts with ``start_new_session=True``: a worker left
+        behind would hold stderr open, and Python 3.11's ``Process.wait`` waits
+        for the pipes as well as for the exit.
+        """
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is gone already
+        async with asyncio.timeout(15):
             await self.process.wait()
         self._reader.cancel()
         try:
@@ -200,7 +209,7 @@ async def relay_process(*args: str) -> AsyncIterator[RelayProcess]:
     """Run the relay on a free port (``--port 0``), speaking qwen-v1 like the in-process fixture."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", "0", "--dialect", "qwen-v1", *args,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
         limit=4 * MIB)  # a log line with a traceback can exceed asyncio's 64 KiB line limit
     relay = RelayProcess(process)
     try:

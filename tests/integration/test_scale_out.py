@@ -100,7 +100,7 @@ async def start_relay(relays: list[RelayProcess], *args: str, env: dict[str, str
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", str(port), "--dialect", "qwen-v1", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, limit=4 * MIB,
-        env={**os.environ, **(env or {})})
+        start_new_session=True, env={**os.environ, **(env or {})})
     relay = RelayProcess(process)
     relay.url = f"http://127.0.0.1:{port}"
     relays.append(relay)
@@ -329,6 +329,17 @@ async def test_a_dead_worker_is_replaced(emulator: RunningEmulator, relays: list
         assert await relay.process.wait() == 0
 
 
+async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
+        emulator: RunningEmulator, relays: list[RelayProcess]) -> None:
+    """SIGKILL the supervisor: no orphan serves on; each worker drains, and the log pipe closes."""
+    relay = await start_relay(relays, "--workers", "2", "--upstream", emulator.url)
+    await wait_for(relay, lambda: count_events(relay, "workers_ready") == 1)
+    relay.process.kill()
+    async with asyncio.timeout(15):
+        await relay._reader  # stderr reaches EOF only once every worker has exited
+    assert count_events(relay, "drain_finished") == 2, relay.log[-6:]
+
+
 async def test_ready_reaches_systemd_only_after_both_workers_listen(relays: list[RelayProcess]) -> None:
     """One READY=1, from the supervisor, after both workers logged ``listening``; then STOPPING=1."""
     with notify_listener() as systemd:
@@ -365,7 +376,8 @@ async def test_workers_share_a_unix_socket(relays: list[RelayProcess], tmp_path:
     path = tmp_path / "relay.sock"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay", "--workers", "2", "--unix", str(path), "--upstream", "emulator",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, limit=4 * MIB)
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, limit=4 * MIB,
+        start_new_session=True)
     relay = RelayProcess(process)
     relays.append(relay)
     await wait_for(relay, lambda: count_events(relay, "workers_ready") == 1)
