@@ -89,17 +89,18 @@ async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None
     except BaseException:
         await runner.cleanup()
         raise
+    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # "uvloop" or "asyncio"
     if sock is not None:
         where = _describe(sock)
-        _log.info("listening", extra={"fields": {"url": where, "pid": os.getpid()}})
+        _log.info("listening", extra={"fields": {"url": where, "pid": os.getpid(), "loop": loop}})
     elif config.unix:
         os.chmod(config.unix, _UNIX_SOCKET_MODE)
         where = f"unix:{config.unix}"
-        _log.info("listening", extra={"fields": {"url": where, "unix": config.unix}})
+        _log.info("listening", extra={"fields": {"url": where, "unix": config.unix, "loop": loop}})
     else:
         host, port = runner.addresses[0][:2]
         where = f"http://{host}:{port}"
-        _log.info("listening", extra={"fields": {"url": where, "host": host, "port": port}})
+        _log.info("listening", extra={"fields": {"url": where, "host": host, "port": port, "loop": loop}})
     if on_ready is not None:
         on_ready(where)
     else:
@@ -166,14 +167,14 @@ async def drain(app: web.Application, runner: web.AppRunner, timeout_s: float, f
 
 
 def _use_loop(choice: str) -> None:
-    """uvloop roughly halves aiohttp's per-request CPU; it is optional (the ``speed`` extra)."""
+    """uvloop roughly halves aiohttp's per-request CPU: installed by default, ``--loop asyncio`` opts out."""
     if choice == "asyncio":
         return
     try:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise SystemExit("--loop uvloop: uvloop is not installed (pip install 'qwen-relay[speed]')") from None
+            raise SystemExit("--loop uvloop: uvloop is not installed (pip install 'uvloop>=0.21,<1')") from None
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import MODEL, auth, directive, parse_sse
+from tests.integration.test_fault_matrix import relay_process
 
 
 class RelayProcess:
@@ -115,3 +116,14 @@ async def test_bad_flag_value_exits_2_with_a_message() -> None:
     _, err = await process.communicate()
     assert process.returncode == 2
     assert b"--max-concurrency" in err
+
+
+@pytest.mark.parametrize(("flag", "expected"), [((), "uvloop"), (("--loop", "asyncio"), "asyncio")],
+                         ids=["default", "asyncio"])
+async def test_uvloop_is_the_default_loop_and_asyncio_is_a_flag_away(flag: tuple[str, ...], expected: str) -> None:
+    """uvloop comes with the install and ``--loop auto`` picks it; the log line says which loop runs."""
+    async with relay_process("--upstream", "emulator", *flag) as relay:
+        listening = await relay.wait_for_log("listening")
+        assert listening["loop"] == expected
+        async with aiohttp.ClientSession() as session, session.get(relay.url + "/healthz") as response:
+            assert response.status == 200
