@@ -12,6 +12,7 @@ same). SSE is never compressed: a compressor would buffer events.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 
 import brotli
@@ -28,6 +29,12 @@ def negotiate_encoding(accept_encoding: str | None) -> str | None:
     """The best coding we offer that the client accepts, or None for identity."""
     if not accept_encoding:
         return None
+    if len(accept_encoding) <= _CACHED_HEADER_CHARS:
+        return _negotiate_cached(accept_encoding)
+    return _negotiate(accept_encoding)
+
+
+def _negotiate(accept_encoding: str) -> str | None:
     weights: dict[str, float] = {}
     for item in accept_encoding.split(","):
         name, _, params = item.strip().partition(";")
@@ -50,6 +57,11 @@ def negotiate_encoding(accept_encoding: str | None) -> str | None:
         if q > best_q:
             best, best_q = coding, q
     return best
+
+
+#: a client sends the same header every time: parse each distinct (short) value once.
+_negotiate_cached = functools.lru_cache(maxsize=256)(_negotiate)
+_CACHED_HEADER_CHARS = 256
 
 
 def compress(body: bytes, coding: str) -> bytes:

@@ -16,7 +16,7 @@ SSE error event instead of an exception leaving the exchange.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -46,16 +46,36 @@ class Caller:
     def pooled(self) -> bool:
         return self.key is not None
 
-    @asynccontextmanager
-    async def admit(self, model: str | None, state: StateBackend) -> AsyncIterator[None]:
-        """Apply the key's model, rpm and concurrency limits for the block (no-op in passthrough)."""
+    def admit(self, model: str | None, state: StateBackend) -> AbstractAsyncContextManager[None]:
+        """Apply the key's model, rpm and concurrency limits for the block (no-op in passthrough).
+
+        Passthrough gets one shared no-op: a generator-based manager per request
+        cost an async generator and about 3 µs for nothing.
+        """
         if self.key is None:
-            yield
-            return
+            return _NO_LIMITS
+        return self._admit_key(self.key, model, state)
+
+    @staticmethod
+    @asynccontextmanager
+    async def _admit_key(key: RelayKey, model: str | None, state: StateBackend) -> AsyncIterator[None]:
         if model is not None:
-            self.key.check_model(model)
-        async with self.key.admit(state):
+            key.check_model(model)
+        async with key.admit(state):
             yield
+
+
+class _NoLimits:
+    """``async with`` that does nothing: a passthrough caller has no relay-side limits."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_LIMITS = _NoLimits()
 
 
 def identify(operator: Operator, presented: str) -> Caller:
