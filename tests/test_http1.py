@@ -29,7 +29,7 @@ from relay.upstream.http1 import (
     ConnectTimeout,
     Http1Pool,
     Http1Response,
-    NotHttp,
+    ProtocolViolation,
     ReadTimeout,
 )
 
@@ -521,10 +521,10 @@ async def test_compressed_body_split_across_writes_is_decoded_as_it_arrives(
 
 
 async def test_undecodable_compressed_body_is_not_http(harness: Harness) -> None:
-    """A body that claims gzip but is not: a framing fault (NotHttp), never garbage text."""
+    """A body that claims gzip but is not: a framing fault (ProtocolViolation), never garbage text."""
     server = await harness.serve(answer(ok(b"plainly not gzip", "Content-Encoding: gzip")))
     response = await bounded(harness.pool(server.origin).request(REQUEST, None))
-    with pytest.raises(NotHttp):
+    with pytest.raises(ProtocolViolation):
         await read_all(response)
 
 
@@ -719,14 +719,14 @@ async def test_pool_close_closes_idle_connections(harness: Harness) -> None:
 
 
 async def test_garbage_instead_of_http_is_not_http(harness: Harness) -> None:
-    """A peer that is not an HTTP server (an SSH banner) fails the request with NotHttp."""
+    """A peer that is not an HTTP server (an SSH banner) fails the request with ProtocolViolation."""
     server = await harness.serve()
     pool = harness.pool(server.origin)
     pending = asyncio.create_task(pool.request(REQUEST, None))
     peer = await server.accept()
     await bounded(peer.read_request())
     peer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
-    with pytest.raises(NotHttp):
+    with pytest.raises(ProtocolViolation):
         await bounded(pending)
     await peer.wait_closed()
     await until(lambda: pool.connections == 0)

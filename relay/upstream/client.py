@@ -36,7 +36,15 @@ from ..errors import (
 )
 from ..jsonio import dumps, loads
 from ..metrics import Metrics
-from .http1 import ACCEPT_ENCODING, ConnectError, Http1Error, Http1Pool, Http1Response, NotHttp, ReadTimeout
+from .http1 import (
+    ACCEPT_ENCODING,
+    ConnectError,
+    Http1Error,
+    Http1Pool,
+    Http1Response,
+    ProtocolViolation,
+    ReadTimeout,
+)
 from .retry import backoff_s, parse_retry_after
 
 __all__ = ["BROWSER_HEADERS", "UpstreamClient", "UpstreamResponse"]
@@ -273,8 +281,8 @@ class UpstreamClient:
             response = await self._pool.request(head, data)
         except TimeoutError as exc:  # ConnectTimeout and ReadTimeout are TimeoutErrors
             raise UpstreamTimeout(f"The upstream did not answer within {timeout_s:g} s (--timeout).") from exc
-        except NotHttp as exc:  # e.g. a bad status line: not an HTTP server
-            raise UpstreamProtocolError(f"The upstream did not answer in HTTP: {type(exc).__name__}.") from exc
+        except ProtocolViolation as exc:  # e.g. a bad status line: not an HTTP server
+            raise UpstreamProtocolError("The upstream did not answer in well-formed HTTP.") from exc
         except (Http1Error, OSError) as exc:
             name = type(exc.__cause__ if isinstance(exc, ConnectError) and exc.__cause__ else exc).__name__
             raise _Retryable(UpstreamUnavailable(f"Cannot reach the upstream: {name}.")) from exc

@@ -33,7 +33,7 @@ __all__ = [
     "Http1Error",
     "Http1Pool",
     "Http1Response",
-    "NotHttp",
+    "ProtocolViolation",
     "ReadTimeout",
 ]
 
@@ -64,8 +64,9 @@ class ConnectionBroken(Http1Error):
     """The connection closed or reset before the response was complete."""
 
 
-class NotHttp(Http1Error):
-    """The peer's bytes are not an HTTP/1.x response."""
+class ProtocolViolation(Http1Error):
+    """The peer broke HTTP/1.1: bytes that are not a response, an unsolicited
+    second response, a protocol switch, or a body its Content-Encoding cannot decode."""
 
 
 #: what the timer hands a waiting reader when its ``silence_s`` passed without bytes.
@@ -204,12 +205,12 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.fail(NotHttp("The upstream switched protocols."))
+            self.fail(ProtocolViolation("The upstream switched protocols."))
         except httptools.HttpParserError as exc:
             if self._response is not None and self._response.complete:
                 self._drop()  # bytes after a whole answer: the answer stands, the connection does not
             else:
-                self.fail(NotHttp(f"Malformed HTTP from the upstream: {exc}"))
+                self.fail(ProtocolViolation(f"Malformed HTTP from the upstream: {exc}"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -236,7 +237,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self._response is not None and self._response.complete:
-            raise NotHttp("A second response to one request.")  # stops llhttp; data_received drops us
+            raise ProtocolViolation("A second response to one request.")  # stops llhttp; data_received drops us
         self._header_pairs = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -269,7 +270,7 @@ class _Connection(asyncio.Protocol):
             try:
                 body = response._decoder.decompress(body)
             except (zlib.error, brotli.error) as exc:
-                self.fail(NotHttp(f"Undecodable compressed body from the upstream: {exc}"))
+                self.fail(ProtocolViolation(f"Undecodable compressed body from the upstream: {exc}"))
                 return
             if not body:
                 return
