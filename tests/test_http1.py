@@ -235,6 +235,17 @@ async def fetch(pool: Http1Pool) -> tuple[Http1Response, bytes]:
     return response, body
 
 
+async def opened(harness: Harness, **pool_options: Any) -> tuple[RawServer, Http1Pool,
+                                                                  asyncio.Task[Http1Response], Peer]:
+    """A test-driven server, a pool on it, and one request sent and already read by the peer."""
+    server = await harness.serve()
+    pool = harness.pool(server.origin, **pool_options)
+    pending = asyncio.create_task(pool.request(REQUEST, None))
+    peer = await server.accept()
+    assert await bounded(peer.read_request()) == REQUEST
+    return server, pool, pending, peer
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Poll ``condition``: the pool has no event for a socket it let go (``connection_lost``)."""
     async with asyncio.timeout(WAIT_S):
@@ -306,11 +317,7 @@ async def test_chunked_body_is_joined_wherever_the_tcp_writes_cut_it(harness: Ha
 
 async def test_chunks_are_handed_over_as_they_arrive(harness: Harness) -> None:
     """A chunk split across writes reaches the reader piece by piece: streaming, not buffering."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, _pool, pending, peer = await opened(harness)
     peer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nhel")
     response = await bounded(pending)
     assert await bounded(response.read()) == b"hel"
@@ -327,11 +334,7 @@ async def test_chunks_are_handed_over_as_they_arrive(harness: Harness) -> None:
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 async def test_close_delimited_body_ends_at_the_close(harness: Harness, version: str) -> None:
     """No length and not chunked: the body runs until the server closes, and that is its end."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, pool, pending, peer = await opened(harness)
     peer.write(f"HTTP/{version} 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: 1\n\n".encode())
     response = await bounded(pending)
     assert await bounded(response.read()) == b"data: 1\n\n"
@@ -389,11 +392,7 @@ async def test_connection_close_response_is_not_reused(harness: Harness) -> None
 
 async def test_response_abandoned_mid_body_closes_its_connection(harness: Harness) -> None:
     """close() before the end drops the socket: that is how the upstream learns to stop."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    server, pool, pending, peer = await opened(harness)
     peer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
     response = await bounded(pending)
     assert await bounded(response.read()) == b"0123456789"
@@ -444,11 +443,7 @@ async def test_server_closing_after_a_complete_response_does_not_break_it(harnes
     Upstreams (nginx error pages, HTTP/1.0 servers) close right after the last
     byte; the relay may be busy writing to its client when that close arrives.
     """
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, pool, pending, peer = await opened(harness)
     peer.write(ok(b"all of it", "Connection: close"))
     peer.writer.close()
     response = await bounded(pending)
@@ -501,11 +496,7 @@ async def test_compressed_body_is_decoded(harness: Harness, coding: str, framing
 async def test_compressed_body_split_across_writes_is_decoded_as_it_arrives(
         harness: Harness, coding: str) -> None:
     """Each TCP write of compressed bytes yields what it decodes to, without waiting for the end."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, _pool, pending, peer = await opened(harness)
     wire = ENCODERS[coding](PAYLOAD)
     half = len(wire) // 2
     peer.write(f"HTTP/1.1 200 OK\r\nContent-Encoding: {coding}\r\nContent-Length: {len(wire)}\r\n\r\n".encode()
@@ -533,11 +524,7 @@ async def test_undecodable_compressed_body_is_not_http(harness: Harness) -> None
 
 async def test_silence_before_the_head_is_a_read_timeout(harness: Harness) -> None:
     """An upstream that accepts and says nothing fails after read_timeout_s, and is hung up on."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin, read_timeout_s=READ_TIMEOUT_S)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, pool, pending, peer = await opened(harness, read_timeout_s=READ_TIMEOUT_S)
     started = time.monotonic()
     with pytest.raises(ReadTimeout) as caught:
         await bounded(pending)
@@ -549,11 +536,7 @@ async def test_silence_before_the_head_is_a_read_timeout(harness: Harness) -> No
 
 async def test_silence_mid_body_is_a_read_timeout(harness: Harness) -> None:
     """The deadline counts from the last byte: a body that stops arriving fails the reader."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin, read_timeout_s=READ_TIMEOUT_S)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, pool, pending, peer = await opened(harness, read_timeout_s=READ_TIMEOUT_S)
     peer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
     response = await bounded(pending)
     assert await bounded(response.read()) == b"half"
@@ -565,11 +548,7 @@ async def test_silence_mid_body_is_a_read_timeout(harness: Harness) -> None:
 
 async def test_read_with_silence_returns_none_then_later_bytes(harness: Harness) -> None:
     """``read(silence_s)`` gives the consumer a turn (keep-alive comments) without losing data."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, _pool, pending, peer = await opened(harness)
     peer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
     response = await bounded(pending)
     assert await bounded(response.read(silence_s=0.05)) == b"hello"
@@ -588,11 +567,7 @@ async def test_paused_reading_holds_the_read_timeout_until_the_consumer_reads(ha
     """A consumer that stops reading pauses the socket at the high-water mark; the
     upstream's stalled writes are backpressure, not silence, so no ReadTimeout fires
     however long the pause; reading resumes the flow to the last byte."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin, read_timeout_s=READ_TIMEOUT_S)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, _pool, pending, peer = await opened(harness, read_timeout_s=READ_TIMEOUT_S)
     piece = bytes(range(256)) * 256  # 64 KiB
     sent = 0
     last = float("inf")  # bytes to send in all; set once the stall is proven
@@ -720,11 +695,7 @@ async def test_pool_close_closes_idle_connections(harness: Harness) -> None:
 
 async def test_garbage_instead_of_http_is_not_http(harness: Harness) -> None:
     """A peer that is not an HTTP server (an SSH banner) fails the request with ProtocolViolation."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, pool, pending, peer = await opened(harness)
     peer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
     with pytest.raises(ProtocolViolation):
         await bounded(pending)
@@ -735,11 +706,7 @@ async def test_garbage_instead_of_http_is_not_http(harness: Harness) -> None:
 @pytest.mark.parametrize("how", ["reset", "close"])
 async def test_connection_ending_mid_body_is_broken(harness: Harness, how: str) -> None:
     """A reset or a close before Content-Length is met: ConnectionBroken, after the bytes that came."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, pool, pending, peer = await opened(harness)
     peer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
     response = await bounded(pending)
     assert await bounded(response.read()) == b"partial"
@@ -755,11 +722,7 @@ async def test_connection_ending_mid_body_is_broken(harness: Harness, how: str) 
 
 async def test_connection_closed_before_the_head_is_broken(harness: Harness) -> None:
     """The upstream hangs up after reading the request: ConnectionBroken, no retry inside the pool."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    server, _pool, pending, peer = await opened(harness)
     peer.writer.close()
     with pytest.raises(ConnectionBroken):
         await bounded(pending)
@@ -768,11 +731,7 @@ async def test_connection_closed_before_the_head_is_broken(harness: Harness) -> 
 
 async def test_abort_makes_the_pending_read_raise(harness: Harness) -> None:
     """abort(exc) wakes a waiting reader with exc (the drain's deadline) and hangs up."""
-    server = await harness.serve()
-    pool = harness.pool(server.origin)
-    pending = asyncio.create_task(pool.request(REQUEST, None))
-    peer = await server.accept()
-    await bounded(peer.read_request())
+    _server, pool, pending, peer = await opened(harness)
     peer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstart")
     response = await bounded(pending)
     assert await bounded(response.read()) == b"start"
