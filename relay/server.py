@@ -33,7 +33,7 @@ from .config import Config
 from .errors import Draining
 from .keys import GATE, LIFECYCLE, OPERATOR, UPSTREAM
 from .logs import setup_logging
-from .operator import OperatorConfig
+from .operator import Reload
 from .systemd import notify
 
 #: objects allocated (net) before the youngest generation is collected (CPython's default: 700).
@@ -61,9 +61,6 @@ RUNNER_OPTIONS: dict[str, Any] = {
 _UNIX_SOCKET_MODE = 0o666
 
 
-Reload = Callable[[], OperatorConfig]
-
-
 async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None = None,
                 reload: Reload | None = None, sock: socket.socket | None = None,
                 on_ready: Callable[[str], None] | None = None) -> None:
@@ -89,18 +86,20 @@ async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None
     except BaseException:
         await runner.cleanup()
         raise
-    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # "uvloop" or "asyncio"
+    fields: dict[str, Any]
     if sock is not None:
         where = _describe(sock)
-        _log.info("listening", extra={"fields": {"url": where, "pid": os.getpid(), "loop": loop}})
+        fields = {"pid": os.getpid()}
     elif config.unix:
         os.chmod(config.unix, _UNIX_SOCKET_MODE)
         where = f"unix:{config.unix}"
-        _log.info("listening", extra={"fields": {"url": where, "unix": config.unix, "loop": loop}})
+        fields = {"unix": config.unix}
     else:
         host, port = runner.addresses[0][:2]
         where = f"http://{host}:{port}"
-        _log.info("listening", extra={"fields": {"url": where, "host": host, "port": port, "loop": loop}})
+        fields = {"host": host, "port": port}
+    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # "uvloop" or "asyncio"
+    _log.info("listening", extra={"fields": {"url": where, **fields, "loop": loop}})
     if on_ready is not None:
         on_ready(where)
     else:

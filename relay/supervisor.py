@@ -50,13 +50,12 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
 from .config import Config
 from .logs import setup_logging
-from .operator import OperatorConfig
+from .operator import Reload
 from .systemd import notify
 
 __all__ = ["supervise"]
@@ -72,8 +71,6 @@ _HEALTHY_AFTER_S = 30.0
 _RESTART_WINDOW_S = 60.0
 #: prctl(2) option: the signal this process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
-
-Reload = Callable[[], OperatorConfig]
 
 
 @dataclass(slots=True)

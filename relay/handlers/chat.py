@@ -160,7 +160,7 @@ async def _completion_response(request: web.Request, info: RequestInfo, chat: Ch
         usage=usage, message_extra=completion.message_extra,
         tool_calls=tool_calls_json(calls) if calls else None,
     )
-    response = await json_response(request, _dumps(body))
+    response = await json_response(request, dumps(body))
     info.bytes_out = response.content_length or 0
     return response
 
@@ -336,7 +336,3 @@ async def _raising(error: RelayError) -> AsyncIterator[Frame]:
     """A frame source that fails at once, so ``encode_sse`` renders the error event."""
     raise error
     yield  # pragma: no cover  (makes this an async generator)
-
-
-def _dumps(payload: object) -> bytes:
-    return dumps(payload)

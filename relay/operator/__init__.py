@@ -7,9 +7,9 @@ limits, ``pool`` chooses Qwen tokens, ``auth`` ties them to a request and
 
 from __future__ import annotations
 
-from .config import MODES, OperatorConfig, Secret, hash_key
+from .config import MODES, OperatorConfig, Reload, Secret, hash_key
 from .keys import KeyRing, RelayKey
 from .pool import TokenPool
 from .runtime import Operator
 
-__all__ = ["MODES", "KeyRing", "Operator", "OperatorConfig", "RelayKey", "Secret", "TokenPool", "hash_key"]
+__all__ = ["MODES", "KeyRing", "Operator", "OperatorConfig", "RelayKey", "Reload", "Secret", "TokenPool", "hash_key"]

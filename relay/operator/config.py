@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODES", "KeySpec", "OperatorConfig", "Secret", "hash_key", "parse_operator", "with_env"]
+__all__ = ["MODES", "KeySpec", "OperatorConfig", "Reload", "Secret", "hash_key", "parse_operator", "with_env"]
 
 MODES = ("passthrough", "pool", "both")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -94,6 +94,10 @@ class OperatorConfig:
                              "([operator.tokens] list/file or QWEN_RELAY_TOKENS)")
         if self.mode == "pool" and not self.keys:
             raise ValueError("operator mode 'pool' needs at least one [[operator.keys]] entry")
+
+
+#: re-reads the operator settings (SIGHUP); raises ValueError for a bad file.
+Reload = Callable[[], OperatorConfig]
 
 
 def parse_operator(data: Any, fail: Fail, line_in_key: Callable[[int, str], str]) -> OperatorConfig:
