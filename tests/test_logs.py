@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import io
 import json
 import logging
@@ -25,20 +26,26 @@ PLAIN_CANARY = "canary7f3e9a1c5b2d4e6f"
 LEVELS = ["debug", "info", "warning", "error", "critical", "exception"]
 
 
-@pytest.fixture
-def captured(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, io.StringIO]]:
-    """A logger (under ``relay.``) whose lines go through JsonFormatter into a buffer."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
+@contextlib.contextmanager
+def logger_into(name: str, handler: logging.Handler) -> Iterator[logging.Logger]:
+    """The logger ``name`` at DEBUG, writing JSON lines through ``handler`` only, for the block."""
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(f"relay.test.{request.node.name}")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     try:
-        yield logger, stream
+        yield logger
     finally:
         logger.removeHandler(handler)
+
+
+@pytest.fixture
+def captured(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger (under ``relay.``) whose lines go through JsonFormatter into a buffer."""
+    stream = io.StringIO()
+    with logger_into(f"relay.test.{request.node.name}", logging.StreamHandler(stream)) as logger:
+        yield logger, stream
 
 
 def lines_of(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -237,16 +244,8 @@ def batching(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, C
     """A logger whose lines go through a BatchingStreamHandler into a counting buffer."""
     stream = CountingStream()
     name = f"relay.test.{request.node.name}"
-    handler = BatchingStreamHandler(stream, batched_logger=name)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    try:
+    with logger_into(name, BatchingStreamHandler(stream, batched_logger=name)) as logger:
         yield logger, stream
-    finally:
-        logger.removeHandler(handler)
 
 
 async def test_batching_handler_writes_an_iterations_lines_at_once(
