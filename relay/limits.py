@@ -11,7 +11,9 @@ send bursts), then gets 429 with ``Retry-After`` instead of waiting without boun
 from __future__ import annotations
 
 import asyncio
+import collections
 from types import TracebackType
+from typing import NoReturn
 
 from .errors import Overloaded
 
@@ -22,15 +24,21 @@ RETRY_AFTER_FULL_S = 1
 
 
 class ConcurrencyGate:
-    """An ``asyncio.Semaphore`` that refuses instead of queueing when full."""
+    """A counting gate that refuses instead of queueing without bound when full.
 
-    __slots__ = ("_idle", "_semaphore", "capacity", "in_flight", "rejected")
+    A plain counter and a FIFO of waiters rather than an ``asyncio.Semaphore``:
+    ``try_enter`` takes a free slot without a coroutine (the common case, once
+    per request), and ``leave`` hands a slot straight to the first waiter, so a
+    newcomer can never overtake the line.
+    """
+
+    __slots__ = ("_idle", "_waiters", "capacity", "in_flight", "rejected")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._semaphore = asyncio.Semaphore(capacity)
         self.in_flight = 0
         self.rejected = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -42,27 +50,48 @@ class ConcurrencyGate:
         """Hold a slot for the block; wait up to ``wait_s`` for one (FIFO), else 429."""
         return _Slot(self, wait_s)
 
-    async def _acquire(self, wait_s: float) -> None:
-        if self._semaphore.locked():
-            if wait_s <= 0:
-                self._reject()
-            try:
-                async with asyncio.timeout(wait_s):
-                    await self._semaphore.acquire()
-            except TimeoutError:
-                self._reject()
-        else:
-            await self._semaphore.acquire()
+    def try_enter(self) -> bool:
+        """Take a free slot now, if there is one and nobody is waiting for it."""
+        if self.in_flight >= self.capacity or self._waiters:
+            return False
+        if not self.in_flight:
+            self._idle.clear()
         self.in_flight += 1
-        self._idle.clear()
+        return True
 
-    def _release(self) -> None:
+    async def enter(self, wait_s: float) -> None:
+        """Take a slot, waiting up to ``wait_s`` in line for one; else raise ``Overloaded`` (429)."""
+        if self.try_enter():
+            return
+        if wait_s <= 0:
+            self._reject()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(wait_s):
+                await waiter
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()  # handed a slot in the same instant: pass it on
+            if isinstance(exc, TimeoutError):
+                self._reject()
+            raise
+        finally:
+            if waiter in self._waiters:  # timed out or cancelled (a waiter handed a slot is gone)
+                self._waiters.remove(waiter)
+
+    def leave(self) -> None:
+        """Give the slot back: to the first waiter in line, else to the pool."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands: in_flight stays
+                return
         self.in_flight -= 1
-        self._semaphore.release()
         if not self.in_flight:
             self._idle.set()
 
-    def _reject(self) -> None:
+    def _reject(self) -> NoReturn:
         self.rejected += 1
         raise Overloaded(
             f"The relay is at its limit of {self.capacity} concurrent requests "
@@ -81,8 +110,8 @@ class _Slot:
         self._wait_s = wait_s
 
     async def __aenter__(self) -> None:
-        await self._gate._acquire(self._wait_s)
+        await self._gate.enter(self._wait_s)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         traceback: TracebackType | None) -> None:
-        self._gate._release()
+        self._gate.leave()

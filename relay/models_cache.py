@@ -59,6 +59,11 @@ class ModelsCache:
         self._inflight: dict[bytes, asyncio.Task[CachedModels]] = {}
         self.upstream_calls = 0
 
+    def peek(self, token: str) -> CachedModels | None:
+        """The token's models if cached and fresh, else None: a hit needs no coroutine."""
+        entry = self._entries.get(hashlib.sha256(token.encode()).digest())
+        return entry if entry is not None and entry.expires_at > time.monotonic() else None
+
     async def get(self, token: str) -> CachedModels:
         """The token's models, from the cache or one shared upstream call."""
         key = hashlib.sha256(token.encode()).digest()

@@ -10,6 +10,7 @@ from functools import partial
 
 from aiohttp import web
 
+from ..deadline import Deadline
 from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
 from ..errors import RelayError, UpstreamProtocolError, UpstreamTimeout
 from ..jsonio import dumps
@@ -40,7 +41,7 @@ from ..tooling import ToolPlan, plan_tools
 from ..upstream import UpstreamResponse
 from .common import caller as identify_caller
 from .common import json_response, read_body
-from .models import resolve_request
+from .models import resolve_cached, resolve_request
 
 __all__ = ["chat_completions"]
 
@@ -69,27 +70,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, info: RequestInfo, caller: Caller, plan: ToolPlan) -> web.StreamResponse:
     chat = plan.request
+    app = request.app
     if chat.stream:
-        options = await resolve_request(request, caller, chat)
+        options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
         return await _stream(request, info, caller, plan, options)
-    deadline_s = request.app[CONFIG].timeouts.nonstream_deadline_s
-    deadline = asyncio.timeout(deadline_s)
+    deadline_s = app[CONFIG].timeouts.nonstream_deadline_s
+    deadline = Deadline(deadline_s)
     try:
-        async with deadline:
-            options = await resolve_request(request, caller, chat)
+        options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
+        completion = await _complete(request, info, caller, chat, options)
+        text, calls = _split_calls(completion.content, plan)
+        if plan.forced and not calls:
+            # tool_choice demanded a call and the model answered in prose: one more try.
             completion = await _complete(request, info, caller, chat, options)
             text, calls = _split_calls(completion.content, plan)
-            if plan.forced and not calls:
-                # tool_choice demanded a call and the model answered in prose: one more try.
-                completion = await _complete(request, info, caller, chat, options)
-                text, calls = _split_calls(completion.content, plan)
-                if not calls:
-                    raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
-    except TimeoutError as exc:
-        if not deadline.expired():
-            raise  # an UpstreamTimeout of its own (it is a TimeoutError too)
-        raise UpstreamTimeout(f"No complete answer within {deadline_s:g} s (--nonstream-deadline).",
-                              code="nonstream_deadline") from exc
+            if not calls:
+                raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
+    except asyncio.CancelledError:
+        if deadline.expired():
+            raise UpstreamTimeout(f"No complete answer within {deadline_s:g} s (--nonstream-deadline).",
+                                  code="nonstream_deadline") from None
+        raise
+    finally:
+        deadline.cancel()
     return await _completion_response(request, info, chat, options, completion, text, calls)
 
 
@@ -127,17 +130,26 @@ async def _stream(request: web.Request, info: RequestInfo, caller: Caller, plan:
 async def _complete(request: web.Request, info: RequestInfo, caller: Caller, chat: ChatRequest,
                     options: ChatOptions) -> Completion:
     app = request.app
+    gate = app[GATE]
+    if not gate.try_enter():
+        await gate.enter(app[CONFIG].timeouts.queue_s)
+    try:
+        if caller.token is not None:  # passthrough: one token, no pool to turn to
+            return await _exchange_completion(request, info, chat, options, caller.token)
+        return await with_upstream_token(app[OPERATOR], caller,
+                                         partial(_exchange_completion, request, info, chat, options))
+    finally:
+        gate.leave()
+
+
+async def _exchange_completion(request: web.Request, info: RequestInfo, chat: ChatRequest,
+                               options: ChatOptions, token: str) -> Completion:
+    app = request.app
     client, dialect = app[UPSTREAM], app[DIALECT]
-
-    async def exchange(token: str) -> Completion:
-        call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
-        async with client.open("POST", call.path, token=token, json_body=call.body,
-                               stream=call.stream) as upstream:
-            info.upstream_attempts = upstream.attempts
-            return await _read_completion(request, upstream, dialect)
-
-    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
-        return await with_upstream_token(app[OPERATOR], caller, exchange)
+    call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
+    async with client.open("POST", call.path, token=token, json_body=call.body, stream=call.stream) as upstream:
+        info.upstream_attempts = upstream.attempts
+        return await _read_completion(request, upstream, dialect)
 
 
 async def _completion_response(request: web.Request, info: RequestInfo, chat: ChatRequest,

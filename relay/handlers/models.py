@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -12,14 +11,14 @@ from ..dialects import ChatOptions, Dialect
 from ..dialects.options import resolve_options
 from ..errors import AuthenticationFailed, ModelNotFound, RelayError
 from ..keys import MODELS, OPERATOR, POOL_MODELS
-from ..models_cache import CachedModels, Fetch
+from ..models_cache import CachedModels, Fetch, ModelsCache
 from ..openai_wire import ChatRequest
 from ..operator import Operator
 from ..operator.auth import Caller, identify, with_upstream_token
 from ..upstream import UpstreamClient
 from .common import bearer_token, json_response
 
-__all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_request"]
+__all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_cached", "resolve_request"]
 
 #: a model list is small; this only stops a broken upstream from filling memory.
 MODELS_MAX_BYTES = 16 * 1024 * 1024
@@ -32,7 +31,8 @@ POOL_CACHE_KEY = "operator-pool"
 async def list_models(request: web.Request) -> web.Response:
     app = request.app  # read once: each request.app[...] costs three Python calls
     caller = identify(app[OPERATOR], bearer_token(request))
-    entry = await _models_of(app, caller)
+    cache, key = _cache_of(app, caller)
+    entry = cache.peek(key) or await cache.get(key)
     if caller.key is not None and caller.key.spec.models is not None:
         allowed = caller.key.spec.models
         listing = json.loads(entry.body)
@@ -41,11 +41,11 @@ async def list_models(request: web.Request) -> web.Response:
     return await json_response(request, entry.body, cache=entry.encoded)
 
 
-def _models_of(app: web.Application, caller: Caller) -> Awaitable[CachedModels]:
-    """The cache lookup to await (a plain function: no coroutine of its own per request)."""
+def _cache_of(app: web.Application, caller: Caller) -> tuple[ModelsCache, str]:
+    """The cache that holds the caller's model list, and its key there."""
     if caller.token is not None:
-        return app[MODELS].get(caller.token)
-    return app[POOL_MODELS].get(POOL_CACHE_KEY)
+        return app[MODELS], caller.token
+    return app[POOL_MODELS], POOL_CACHE_KEY
 
 
 def fetcher(client: UpstreamClient, dialect: Dialect) -> Fetch:
@@ -68,6 +68,16 @@ def pool_fetcher(client: UpstreamClient, dialect: Dialect, operator: Operator) -
     return fetch_with_pool
 
 
+def resolve_cached(app: web.Application, caller: Caller, chat: ChatRequest) -> ChatOptions | None:
+    """``resolve_request``'s answer when the caller's model list is cached, else None.
+
+    The common case, once per request: no coroutine, no await.
+    """
+    cache, key = _cache_of(app, caller)
+    entry = cache.peek(key)
+    return None if entry is None else _options(chat, entry)
+
+
 async def resolve_request(request: web.Request, caller: Caller, chat: ChatRequest) -> ChatOptions:
     """Check the model against the caller's list and resolve thinking/search switches.
 
@@ -75,12 +85,17 @@ async def resolve_request(request: web.Request, caller: Caller, chat: ChatReques
     Fails open: when the list cannot be fetched for another reason than the
     token, the upstream decides about the model itself.
     """
+    cache, key = _cache_of(request.app, caller)
     try:
-        entry = await _models_of(request.app, caller)
+        entry = await cache.get(key)
     except AuthenticationFailed:
         raise
     except RelayError:
         return resolve_options(chat, {})
+    return _options(chat, entry)
+
+
+def _options(chat: ChatRequest, entry: CachedModels) -> ChatOptions:
     if chat.model not in entry.ids:
         raise ModelNotFound(f"The model `{chat.model}` does not exist or you do not have access to it. "
                             "GET /v1/models lists the ids you can use.", param="model")

@@ -139,27 +139,35 @@ class UpstreamResponse:
                 if not received:
                     return
                 yield received
-        except ReadTimeout as exc:
-            raise UpstreamTimeout(
-                f"The upstream was silent for more than {self._timeout_s:g} s (--timeout)."
-            ) from exc
         except Http1Error as exc:
-            raise UpstreamUnavailable("The upstream connection broke in the middle of the answer.") from exc
+            raise self._mapped(exc) from exc
 
     async def read_json(self, max_bytes: int) -> Any:
         """Read the whole body (at most ``max_bytes``) and decode it as JSON."""
+        response = self._response
         chunks: list[bytes] = []
         size = 0
-        async for chunk in self.iter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_bytes:
-                raise StreamLimitExceeded(f"The upstream answer is larger than {max_bytes} bytes "
-                                          "(--max-line-bytes).")
         try:
-            return loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            # Usually the whole body came with the head: taken as it lies, no generator.
+            while chunk := response.read_nowait() if response.complete else await response.read():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise StreamLimitExceeded(f"The upstream answer is larger than {max_bytes} bytes "
+                                              "(--max-line-bytes).")
+        except Http1Error as exc:
+            raise self._mapped(exc) from exc
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            return loads(body)
         except (ValueError, RecursionError) as exc:
             raise UpstreamProtocolError("The upstream answer is not valid JSON.") from exc
+
+    def _mapped(self, exc: Http1Error) -> RelayError:
+        """A transport fault while reading the body, as the ``Upstream*`` error it means."""
+        if isinstance(exc, ReadTimeout):
+            return UpstreamTimeout(f"The upstream was silent for more than {self._timeout_s:g} s (--timeout).")
+        return UpstreamUnavailable("The upstream connection broke in the middle of the answer.")
 
 
 class UpstreamClient:
@@ -286,6 +294,9 @@ class UpstreamClient:
         except (Http1Error, OSError) as exc:
             name = type(exc.__cause__ if isinstance(exc, ConnectError) and exc.__cause__ else exc).__name__
             raise _Retryable(UpstreamUnavailable(f"Cannot reach the upstream: {name}.")) from exc
+        if 200 <= response.status < 300 and "x-actual-status-code" not in response.headers \
+                and response.content_type != "text/html":
+            return response  # the common answer needs no checking coroutine
         try:
             await self._check(response)
         except BaseException:

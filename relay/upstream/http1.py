@@ -465,25 +465,29 @@ class Http1Pool:
         the head: the upstream may have seen the request, so the caller's retry
         policy (counted, with backoff) decides.
         """
-        conn = await self._acquire()
-        return await self._exchange(conn, head + body if body else head)
-
-    async def _exchange(self, conn: _Connection, data: bytes) -> Http1Response:
-        head = conn.send(data)
+        conn = self._idle_connection() or await self._new_connection()
+        waiter = conn.send(head + body if body else head)
         try:
-            return await head
+            return await waiter
         except BaseException:
             conn.fail(ConnectionBroken("The request was abandoned."))
             raise
 
-    async def _acquire(self) -> _Connection:
-        now = self.loop.time()
+    def _idle_connection(self) -> _Connection | None:
+        """The newest usable idle connection, if any: no await on the common path."""
         idle = self._idle
+        if not idle:
+            return None
+        now = self.loop.time()
         while idle:
             conn = idle.pop()
             if conn.usable and now - conn.idle_since < self.idle_s:
                 return conn
             conn.fail(ConnectionBroken("idle connection expired"))
+        return None
+
+    async def _new_connection(self) -> _Connection:
+        """A fresh connection, after waiting (FIFO) for room under the limit."""
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 while self._count >= self.limit:
@@ -498,8 +502,9 @@ class Http1Pool:
                     finally:
                         if waiter in self._waiters:
                             self._waiters.remove(waiter)
-                    if idle:
-                        return await self._acquire()
+                    idle = self._idle_connection()
+                    if idle is not None:
+                        return idle
                 self._count += 1
                 conn = _Connection(self)
                 try:
