@@ -61,14 +61,18 @@ class QwenV1:
             _, detail = describe_error(payload.get("detail") or payload)
             raise UpstreamProtocolError(f"The upstream answer has no choices[0].message ({detail}).")
         content = message.get("content")
-        splitter = ThinkSplitter()
-        reasoning, text = splitter.feed(content if isinstance(content, str) else "")
-        held_reasoning, held_text = splitter.flush()
+        text = content if isinstance(content, str) else ""
+        reasoning = ""
+        if text.lstrip()[:1] == "<":  # maybe "<think>…": only then is there reasoning to split off
+            splitter = ThinkSplitter()
+            reasoning, text = splitter.feed(text)
+            held_reasoning, held_text = splitter.flush()
+            reasoning, text = reasoning + held_reasoning, text + held_text
         finish = choice.get("finish_reason")
         extra = {k: v for k, v in message.items() if k not in _KNOWN_DELTA}
         return Completion(
-            content=text + held_text,
-            reasoning=reasoning + held_reasoning,
+            content=text,
+            reasoning=reasoning,
             finish_reason=finish if isinstance(finish, str) else "stop",
             usage=usage_from_upstream(payload.get("usage")),
             message_extra=extra or None,
