@@ -1,4 +1,4 @@
-"""make_app(config): routes, middleware, and the resources paired by cleanup_ctx."""
+"""make_app(config): routes (each wrapped by ``relay_route``), and the resources paired by cleanup_ctx."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .config import EMULATOR_UPSTREAM, Config
 from .dialects import get_dialect
@@ -15,7 +16,7 @@ from .keys import CONFIG, DIALECT, GATE, LIFECYCLE, METRICS, MODELS, OPERATOR, P
 from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
 from .metrics import Metrics
-from .middleware import preflight, relay_middleware, response_headers
+from .middleware import method_not_allowed, not_found, preflight, relay_route, response_headers
 from .models_cache import ModelsCache
 from .operator import Operator
 from .state import open_state
@@ -28,7 +29,7 @@ _log = logging.getLogger("relay.error")
 def make_app(config: Config) -> web.Application:
     """Build the relay application; resources open on startup and close on cleanup."""
     # +1 so that aiohttp never rejects first: our 413 check gives the OpenAI envelope.
-    app = web.Application(middlewares=[relay_middleware], client_max_size=config.limits.max_body_bytes + 1)
+    app = web.Application(client_max_size=config.limits.max_body_bytes + 1)
     app[CONFIG] = config
     app[DIALECT] = get_dialect(config.dialect)
     gate = app[GATE] = ConcurrencyGate(config.limits.max_concurrency)
@@ -47,12 +48,19 @@ def make_app(config: Config) -> web.Application:
     metrics.collectors.append(state.render_metrics)
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(response_headers(config))
-    app.router.add_get("/healthz", health.healthz, allow_head=True)
-    app.router.add_get("/metrics", health.metrics)
-    app.router.add_get("/v1/models", models.list_models, allow_head=False)
-    app.router.add_post("/v1/chat/completions", chat.chat_completions)
-    for path in ("/v1/models", "/v1/chat/completions"):
-        app.router.add_route("OPTIONS", path, preflight)
+    routes: dict[str, dict[str, Handler]] = {
+        "/healthz": {"GET": health.healthz, "HEAD": health.healthz},
+        "/metrics": {"GET": health.metrics},
+        "/v1/models": {"GET": models.list_models, "OPTIONS": preflight},
+        "/v1/chat/completions": {"POST": chat.chat_completions, "OPTIONS": preflight},
+    }
+    for path, methods in routes.items():
+        for method, handler in methods.items():
+            app.router.add_route(method, path, relay_route(handler, path))
+        # Any other method: a 405 envelope naming the allowed ones (aiohttp's own is plain text).
+        app.router.add_route("*", path, relay_route(method_not_allowed(",".join(sorted(methods))), path))
+    # Last, so it matches only what nothing above does: a 404 envelope.
+    app.router.add_route("*", "/{path:.*}", relay_route(not_found, "unmatched"))
     return app
 
 

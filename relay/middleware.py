@@ -33,7 +33,8 @@ from .errors import (
 from .keys import CONFIG, LIFECYCLE, METRICS
 from .logs import DeferredLog, request_id_var
 
-__all__ = ["INFO", "RequestInfo", "error_response", "preflight", "relay_middleware", "response_headers"]
+__all__ = ["INFO", "RequestInfo", "error_response", "method_not_allowed", "not_found", "preflight", "relay_route",
+           "response_headers"]
 
 _access = logging.getLogger("relay.access")
 _access_lines = DeferredLog(_access, "request")
@@ -72,53 +73,73 @@ def _request_id(given: str | None) -> str:
     return f"{random.getrandbits(96):024x}"
 
 
-@web.middleware
-async def relay_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    app = request.app
-    info = RequestInfo(_request_id(request.headers.get("X-Request-Id")))
-    request[INFO] = info
-    # Not reset on the way out: aiohttp runs each request in a task of its own (with
-    # its own context), and the id should stay on the lines logged while the
-    # response is written, and is read back by the response-headers hook.
-    request_id_var.set(info.request_id)
-    status = 500
-    try:
+def relay_route(handler: Handler, label: str) -> Handler:
+    """``handler`` with the request id, drain check, error envelopes, metrics and access log.
+
+    Applied to each route when it is added, rather than as an aiohttp
+    middleware: aiohttp then builds no middleware chain per request, which
+    measured 2 µs per chat completion and 4 µs (10 %) per cached model list.
+    ``label`` names the route in the metrics (the path template, or ``unmatched``).
+    """
+    async def handle(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        app = request.app
+        info = RequestInfo(_request_id(request.headers.get("X-Request-Id")))
+        request[INFO] = info
+        # Not reset on the way out: aiohttp runs each request in a task of its own (with
+        # its own context), and the id should stay on the lines logged while the
+        # response is written, and is read back by the response-headers hook.
+        request_id_var.set(info.request_id)
+        status = 500
         try:
-            if app[LIFECYCLE].draining and request.path.startswith("/v1/"):
-                raise Draining("The relay is shutting down; retry on another instance or in a moment.",
-                               retry_after_s=1)
-            response = await handler(request)
-        except RelayError as exc:
-            response = error_response(exc)
-        except web.HTTPException as exc:
-            response = error_response(_from_http(exc))
-            if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 names the allowed methods
-                response.headers["Allow"] = exc.headers["Allow"]
-        except asyncio.CancelledError:
-            info.client_gone = True
-            status = 499  # nginx's "client closed request"
-            raise
-        except Exception:  # noqa: BLE001 (the one place that must catch everything)
-            _error.exception("unhandled_error", extra={"fields": {"path": request.path}})
-            response = error_response(RelayError("The relay failed while handling this request."))
-        status = response.status
-        if status >= 400 and isinstance(response, web.Response):  # errors only: successes skip both checks
-            if status == 408 and response.keep_alive is False:
-                await _send_and_close(request, response)
-            if info.error_code is None:
-                info.error_code = _code_of(response)
-        if info.client_gone:
-            status = 499
+            try:
+                if app[LIFECYCLE].draining and request.path.startswith("/v1/"):
+                    raise Draining("The relay is shutting down; retry on another instance or in a moment.",
+                                   retry_after_s=1)
+                response = await handler(request)
+            except RelayError as exc:
+                response = error_response(exc)
+            except web.HTTPException as exc:
+                response = error_response(_from_http(exc))
+            except asyncio.CancelledError:
+                info.client_gone = True
+                status = 499  # nginx's "client closed request"
+                raise
+            except Exception:  # noqa: BLE001 (the one place that must catch everything)
+                _error.exception("unhandled_error", extra={"fields": {"path": request.path}})
+                response = error_response(RelayError("The relay failed while handling this request."))
+            status = response.status
+            if status >= 400 and isinstance(response, web.Response):  # errors only: successes skip both checks
+                if status == 408 and response.keep_alive is False:
+                    await _send_and_close(request, response)
+                if info.error_code is None:
+                    info.error_code = _code_of(response)
+            if info.client_gone:
+                status = 499
+            return response
+        finally:
+            metrics = app[METRICS]
+            metrics.count_request(request.method, label, status)
+            metrics.bytes_out += info.bytes_out
+            if _access.isEnabledFor(logging.INFO):
+                _log_access(request, info, status, started)
+
+    return handle
+
+
+def method_not_allowed(allowed: str) -> Handler:
+    """The handler for any other method on a known path: 405 naming the allowed ones."""
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        response = error_response(MethodNotAllowed(f"Method not allowed here; allowed: {allowed}."))
+        response.headers["Allow"] = allowed  # RFC 9110 §15.5.6: a 405 names the allowed methods
         return response
-    finally:
-        metrics = app[METRICS]
-        resource = request.match_info.route.resource
-        metrics.count_request(request.method, resource.canonical if resource is not None else "unmatched",
-                              status)
-        metrics.bytes_out += info.bytes_out
-        if _access.isEnabledFor(logging.INFO):
-            _log_access(request, info, status, started)
+
+    return refuse
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    """The handler for every path the relay does not serve."""
+    raise NotFound("Unknown path. The API lives under /v1: /v1/models and /v1/chat/completions.")
 
 
 def _log_access(request: web.Request, info: RequestInfo, status: int, started: float) -> None:
@@ -163,10 +184,7 @@ def _code_of(response: web.Response) -> str | None:
 
 
 def _from_http(exc: web.HTTPException) -> RelayError:
-    if exc.status == 404:
-        return NotFound("Unknown path. The API lives under /v1: /v1/models and /v1/chat/completions.")
-    if exc.status == 405:
-        return MethodNotAllowed(f"Method not allowed here; allowed: {exc.headers.get('Allow', '')}.")
+    """An aiohttp exception a handler let out (e.g. from ``request.read()``), as our error."""
     if exc.status == 413:
         return BodyTooLarge("The request body is too large (--max-body-bytes).")
     return InvalidRequest(exc.reason)
