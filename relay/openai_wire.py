@@ -32,6 +32,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 _INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed")
+_TYPED_FIELDS = frozenset(_NUMBER_FIELDS + _INT_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,13 @@ def parse_chat_request(body: Any) -> ChatRequest:
     include_usage = False
     if options is not None:
         include_usage = _optional(options, "include_usage", bool, "a boolean", "stream_options.") or False
+    if not _TYPED_FIELDS.isdisjoint(body):  # most requests (a translation) set none of them
+        _check_numbers(body)
+    return ChatRequest(model=model, messages=messages, stream=stream,
+                       include_usage=include_usage, body=body)
+
+
+def _check_numbers(body: dict[str, Any]) -> None:
     for name in _NUMBER_FIELDS:
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -105,8 +113,6 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if body.get("n") not in (None, 1):
         raise InvalidRequest("Only n=1 is supported: Qwen Chat returns one choice.", param="n",
                              code="unsupported_value")
-    return ChatRequest(model=model, messages=messages, stream=stream,
-                       include_usage=include_usage, body=body)
 
 
 def _check_message(index: int, message: Any) -> None:
