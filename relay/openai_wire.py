@@ -25,6 +25,8 @@ __all__ = [
     "new_completion_id",
     "parse_chat_request",
     "parse_json_body",
+    "prompt_chars",
+    "usage_for_chars",
     "usage_from_upstream",
 ]
 
@@ -43,6 +45,15 @@ class ChatRequest:
     include_usage: bool
     #: the whole client body, unknown fields included, for the dialect to forward.
     body: dict[str, Any]
+
+    def release_prompt(self) -> None:
+        """Drop the conversation: called once a stream is committed and nothing can resend it.
+
+        A coding agent's prompt is often 100 KB or more; without this it would
+        stay in memory for as long as the stream stays open.
+        """
+        self.messages.clear()
+        self.body.clear()
 
 
 def parse_json_body(raw: bytes) -> Any:
@@ -208,15 +219,25 @@ def estimate_usage(messages: list[dict[str, Any]], completion_chars: int) -> dic
     Clients such as Roo Code and Immersive Translate expect integer usage on every
     answer; an estimate is more useful to them than a missing field.
     """
-    prompt_chars = 0
+    return usage_for_chars(prompt_chars(messages), completion_chars)
+
+
+def prompt_chars(messages: list[dict[str, Any]]) -> int:
+    """The characters of text in the conversation (what ``estimate_usage`` counts)."""
+    chars = 0
     for message in messages:
         content = message.get("content")
         if isinstance(content, str):
-            prompt_chars += len(content)
+            chars += len(content)
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    prompt_chars += len(part["text"])
+                    chars += len(part["text"])
+    return chars
+
+
+def usage_for_chars(prompt_chars: int, completion_chars: int) -> dict[str, int]:
+    """``estimate_usage`` from counts taken earlier (a stream releases its prompt)."""
     prompt = max(1, (prompt_chars + 3) // 4)
     completion = (completion_chars + 3) // 4
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -24,6 +24,8 @@ from ..openai_wire import (
     now,
     parse_chat_request,
     parse_json_body,
+    prompt_chars,
+    usage_for_chars,
 )
 from ..operator.auth import Caller, with_upstream_token
 from ..pipeline import (
@@ -254,9 +256,12 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
             raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
         if not response.prepared:
             await response.prepare(request)
+        # Committed: no retry can resend the prompt now, so it need not live as long as the stream.
+        usage_estimate = partial(usage_for_chars, prompt_chars(chat.messages))
+        chat.release_prompt()
         encoder = SseEncoder(completion_id=new_completion_id(), created=now(), model=chat.model,
                              include_usage=chat.include_usage, stats=stats)
-        chunks = encode_sse(rest, encoder, partial(estimate_usage, chat.messages), first)
+        chunks = encode_sse(rest, encoder, usage_estimate, first)
         async with closing_source(chunks):
             try:
                 async for data in chunks:

@@ -54,19 +54,26 @@ async def read_body(request: web.Request) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} (--max-body-bytes).")
-    try:
-        if request.content.is_eof():
-            # The whole body came with the head: take it as it lies (request.read()
-            # would copy it twice through a bytearray and await twice).
-            body = request.content.read_nowait()
-        else:
+    content = request.content
+    if content.is_eof():
+        # The whole body came with the head: take it as it lies, no await.
+        body = content.read_nowait()
+    else:
+        # Not request.read(): it keeps a copy on the request for the request's whole
+        # life, which for a stream is the stream's (a coding agent's prompt is 100 KB+).
+        chunks: list[bytes] = []
+        size = 0
+        try:
             async with asyncio.timeout(config.timeouts.client_body_s):
-                body = await request.read()
-    except TimeoutError as exc:
-        raise RequestTimeout(f"The request body did not arrive within {config.timeouts.client_body_s:g} s "
-                             "(--body-timeout).") from exc
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes (--max-body-bytes).") from exc
+                while chunk := await content.readany():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
+                        break  # refused below, without reading the rest
+        except TimeoutError as exc:
+            raise RequestTimeout(f"The request body did not arrive within {config.timeouts.client_body_s:g} s "
+                                 "(--body-timeout).") from exc
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if len(body) > limit:
         raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes (--max-body-bytes).")
     return body
