@@ -117,36 +117,45 @@ async def _frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -
     """Normalise v1 payloads; ``content`` stays cumulative for ``deaccumulate``."""
     async with closing_source(payloads):
         async for payload in payloads:
-            error = payload.get("error")
-            if error is not None:
-                yield Frame(finish_reason=length_or_raise(error))
+            ends = payload.get("error") is not None
+            frame = _frame(payload, stats)
+            del payload  # nothing held while the next event is awaited (see pipeline.parse)
+            if frame is not None:
+                yield frame
+                del frame
+            if ends:
                 return
-            usage = usage_from_upstream(payload.get("usage"))
-            choice = first_choice(payload)
-            if choice is None:
-                if usage is not None:
-                    yield Frame(usage=usage)
-                continue
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                delta = {}
-            if delta.get("name") == "web_search":
-                extra = delta.get("extra")
-                info = extra.get("web_search_info") if isinstance(extra, dict) else None
-                if isinstance(info, list):
-                    stats.sources.extend(item for item in info if isinstance(item, dict))
-                continue  # not answer text: kept out of the cumulative count
-            content = delta.get("content")
-            finish = choice.get("finish_reason")
-            extra = None
-            if len(delta) > 2 or (delta and not delta.keys() <= _KNOWN_DELTA):
-                extra = {k: v for k, v in delta.items() if k not in _KNOWN_DELTA} or None
-            yield Frame(
-                content=content if isinstance(content, str) else "",
-                finish_reason=finish if isinstance(finish, str) else None,
-                usage=usage,
-                extra=extra,
-            )
+
+
+def _frame(payload: dict[str, Any], stats: StreamStats) -> Frame | None:
+    """One v1 payload as a frame; None when it holds nothing for the client."""
+    error = payload.get("error")
+    if error is not None:
+        return Frame(finish_reason=length_or_raise(error))
+    usage = usage_from_upstream(payload.get("usage"))
+    choice = first_choice(payload)
+    if choice is None:
+        return Frame(usage=usage) if usage is not None else None
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        delta = {}
+    if delta.get("name") == "web_search":
+        extra = delta.get("extra")
+        info = extra.get("web_search_info") if isinstance(extra, dict) else None
+        if isinstance(info, list):
+            stats.sources.extend(item for item in info if isinstance(item, dict))
+        return None  # not answer text: kept out of the cumulative count
+    content = delta.get("content")
+    finish = choice.get("finish_reason")
+    extra = None
+    if len(delta) > 2 or (delta and not delta.keys() <= _KNOWN_DELTA):
+        extra = {k: v for k, v in delta.items() if k not in _KNOWN_DELTA} or None
+    return Frame(
+        content=content if isinstance(content, str) else "",
+        finish_reason=finish if isinstance(finish, str) else None,
+        usage=usage,
+        extra=extra,
+    )
 
 
 async def _append_sources(frames: AsyncIterable[Frame], stats: StreamStats) -> AsyncIterator[Frame]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from functools import partial
+from typing import TypeVar
 
 from aiohttp import web
 
 from ..deadline import Deadline
-from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
+from ..dialects import ChatOptions, Completion, Dialect
 from ..errors import RelayError, UpstreamProtocolError, UpstreamTimeout
 from ..jsonio import dumps
 from ..keys import CONFIG, DIALECT, GATE, METRICS, OPERATOR, UPSTREAM
@@ -47,6 +48,8 @@ from .models import resolve_cached, resolve_request
 
 __all__ = ["chat_completions"]
 
+T = TypeVar("T")
+
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -75,16 +78,17 @@ async def _answer(request: web.Request, info: RequestInfo, caller: Caller, plan:
     app = request.app
     if chat.stream:
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
-        return await _stream(request, info, caller, plan, options)
+        return await _gated(request, caller, partial(_exchange_stream, request, info, plan, options))
     deadline_s = app[CONFIG].timeouts.nonstream_deadline_s
     deadline = Deadline(deadline_s)
     try:
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
-        completion = await _complete(request, info, caller, chat, options)
+        exchange = partial(_exchange_completion, request, info, chat, options)
+        completion = await _gated(request, caller, exchange)
         text, calls = _split_calls(completion.content, plan)
         if plan.forced and not calls:
             # tool_choice demanded a call and the model answered in prose: one more try.
-            completion = await _complete(request, info, caller, chat, options)
+            completion = await _gated(request, caller, exchange)
             text, calls = _split_calls(completion.content, plan)
             if not calls:
                 raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
@@ -108,40 +112,47 @@ def _split_calls(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
     return "".join(piece for piece in pieces if isinstance(piece, str)), calls
 
 
-async def _stream(request: web.Request, info: RequestInfo, caller: Caller, plan: ToolPlan,
-                  options: ChatOptions) -> web.StreamResponse:
-    chat = plan.request
-    app = request.app
-    client, dialect = app[UPSTREAM], app[DIALECT]
-
-    async def exchange(token: str) -> web.StreamResponse:
-        # Pool mode may run this again on another token after a 401/403/429: safe,
-        # because an error leaves here only while the response is unprepared
-        # (_write_stream turns later errors into SSE error events).
-        call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
-        async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
-            call = replace(call, body={})  # sent: the prompt need not live as long as the stream
-            info.upstream_attempts = upstream.attempts
-            return await _relay_stream(request, info, upstream, dialect, plan, call, token,
-                                       options.thinking is False)
-
-    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
-        return await with_upstream_token(app[OPERATOR], caller, exchange)
-
-
-async def _complete(request: web.Request, info: RequestInfo, caller: Caller, chat: ChatRequest,
-                    options: ChatOptions) -> Completion:
+async def _gated(request: web.Request, caller: Caller, exchange: Callable[[str], Awaitable[T]]) -> T:
+    """Run ``exchange(token)`` holding a concurrency slot, with the caller's token or the pool's."""
     app = request.app
     gate = app[GATE]
     if not gate.try_enter():
         await gate.enter(app[CONFIG].timeouts.queue_s)
     try:
         if caller.token is not None:  # passthrough: one token, no pool to turn to
-            return await _exchange_completion(request, info, chat, options, caller.token)
-        return await with_upstream_token(app[OPERATOR], caller,
-                                         partial(_exchange_completion, request, info, chat, options))
+            return await exchange(caller.token)
+        return await with_upstream_token(app[OPERATOR], caller, exchange)
     finally:
         gate.leave()
+
+
+async def _exchange_stream(request: web.Request, info: RequestInfo, plan: ToolPlan, options: ChatOptions,
+                           token: str) -> web.StreamResponse:
+    """Send the request and relay the stream; on the way out, record metrics and stop an abandoned upstream.
+
+    Pool mode may run this again on another token after a 401/403/429: safe,
+    because an error leaves here only while the response is unprepared
+    (``_write_stream`` turns later errors into SSE error events).
+    """
+    app = request.app
+    client, dialect = app[UPSTREAM], app[DIALECT]
+    call = await dialect.prepare(plan.request, options, partial(client.post_json, token=token))
+    async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
+        call = replace(call, body={})  # sent: the prompt need not live as long as the stream
+        info.upstream_attempts = upstream.attempts
+        stats = StreamStats()
+        started = time.perf_counter()
+        try:
+            return await _write_stream(request, info, upstream, dialect, plan, stats, options.thinking is False)
+        finally:
+            metrics = app[METRICS]
+            metrics.stream_duration.observe(time.perf_counter() - started)
+            metrics.divergences += stats.divergences
+            metrics.garbage_events += stats.garbage
+            metrics.client_disconnects += info.client_gone
+            stop = dialect.stop_call(call, stats.response_id) if info.client_gone and stats.response_id else None
+            if stop is not None:
+                client.post_in_background(stop.path, stop.body, token=token, event="upstream_stopped")
 
 
 async def _exchange_completion(request: web.Request, info: RequestInfo, chat: ChatRequest,
@@ -188,25 +199,6 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
     frames = dialect.stream_frames(upstream_payloads(upstream.iter_bytes(), max_bytes, stats), stats)
     answer = await aggregate(frames)
     return Completion(answer.content, answer.reasoning, answer.finish_reason or "stop", answer.usage)
-
-
-async def _relay_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
-                        dialect: Dialect, plan: ToolPlan, call: UpstreamCall,
-                        token: str, no_reasoning: bool) -> web.StreamResponse:
-    """Stream the answer; on the way out, record metrics and stop an abandoned upstream."""
-    stats = StreamStats()
-    started = time.perf_counter()
-    try:
-        return await _write_stream(request, info, upstream, dialect, plan, stats, no_reasoning)
-    finally:
-        metrics = request.app[METRICS]
-        metrics.stream_duration.observe(time.perf_counter() - started)
-        metrics.divergences += stats.divergences
-        metrics.garbage_events += stats.garbage
-        metrics.client_disconnects += info.client_gone
-        stop = dialect.stop_call(call, stats.response_id) if info.client_gone and stats.response_id else None
-        if stop is not None:
-            request.app[UPSTREAM].post_in_background(stop.path, stop.body, token=token, event="upstream_stopped")
 
 
 async def _write_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
@@ -262,10 +254,12 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         encoder = SseEncoder(completion_id=new_completion_id(), created=now(), model=chat.model,
                              include_usage=chat.include_usage, stats=stats)
         chunks = encode_sse(rest, encoder, usage_estimate, first)
+        first = None  # the encoder has it
         async with closing_source(chunks):
             try:
                 async for data in chunks:
                     await output.add(data)
+                    del data  # not held while the next chunk is awaited
                 await output.flush()
                 await response.write_eof()
             except (ConnectionResetError, asyncio.CancelledError) as exc:

@@ -137,7 +137,9 @@ async def encode_sse(
         if first is not None:
             finish_reason, usage = first.finish_reason, first.usage
             head += encoder.frame(first)
+        first = None
         yield head
+        del head  # nothing held while the next frame is awaited (see pipeline.parse)
         try:
             async for frame in frames:
                 if frame.finish_reason is not None:
@@ -145,8 +147,10 @@ async def encode_sse(
                 if frame.usage is not None:
                     usage = frame.usage
                 data = encoder.frame(frame)
+                del frame
                 if data:
                     yield data
+                del data
             is_empty = not (stats.content_chars or stats.reasoning_chars or stats.tool_calls)
             if is_empty and finish_reason != "length":
                 raise UpstreamProtocolError("The upstream ended the stream without any answer text.",

@@ -3,6 +3,10 @@
 Garbage never crashes the stream: a ``data:`` that is not JSON, or JSON that
 is not an object, is counted and skipped (§6 item 7 of the protocol notes),
 and the rest of the answer still flows.
+
+A stage waits for its next item with its locals alive, and a slow stream waits
+there for seconds between events; so each stage drops the item it passed on
+(``del``) before it waits. With 9,000 open streams that is ~2 KiB each.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ async def parse_events(chunks: AsyncIterable[bytes], max_line_bytes: int,
     async with closing_source(chunks):
         try:
             async for chunk in chunks:
-                for event in decoder.feed(chunk):
-                    yield event
+                events = decoder.feed(chunk)
+                del chunk
+                events.reverse()
+                while events:
+                    yield events.pop()  # not `for event in`: nothing held while the next read waits
                 decoder.raise_pending()
             for event in decoder.close():
                 yield event
@@ -59,6 +66,7 @@ async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> As
     async with closing_source(events):
         async for event in events:
             data = event.data
+            del event
             if data.strip() == _DONE:
                 return
             try:
@@ -69,5 +77,7 @@ async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> As
                 stats.garbage += 1
                 _log.debug("upstream_garbage_skipped", extra={"fields": {"bytes": len(data)}})
                 continue
+            del data
             stats.events += 1
             yield payload
+            del payload  # a long stream waits here between events: hold nothing

@@ -139,6 +139,7 @@ class UpstreamResponse:
                 if not received:
                     return
                 yield received
+                del received  # not held while the next read waits
         except Http1Error as exc:
             raise self._mapped(exc) from exc
 
