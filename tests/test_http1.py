@@ -546,6 +546,30 @@ async def test_silence_mid_body_is_a_read_timeout(harness: Harness) -> None:
     await until(lambda: pool.connections == 0)
 
 
+async def test_one_silent_exchange_times_out_while_its_busy_neighbour_lives_on(harness: Harness) -> None:
+    """The pool's one ticker holds each busy connection to its own last byte."""
+    server = await harness.serve()
+    pool = harness.pool(server.origin, read_timeout_s=READ_TIMEOUT_S)
+    silent = asyncio.create_task(pool.request(REQUEST, None))
+    silent_peer = await server.accept()
+    talking = asyncio.create_task(pool.request(REQUEST, None))
+    talking_peer = await server.accept()
+    assert await bounded(silent_peer.read_request()) == REQUEST
+    assert await bounded(talking_peer.read_request()) == REQUEST
+    talking_peer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    response = await bounded(talking)
+    for piece in (b"a", b"b", b"c"):  # paced: never silent for a whole read timeout
+        await asyncio.sleep(READ_TIMEOUT_S / 2)
+        talking_peer.write(piece)
+    with pytest.raises(ReadTimeout):  # 1.5 read timeouts have passed since its request
+        await bounded(silent)
+    talking_peer.write(b"d")
+    body = b""
+    while chunk := await bounded(response.read()):
+        body += chunk
+    assert body == b"abcd"
+
+
 async def test_read_with_silence_returns_none_then_later_bytes(harness: Harness) -> None:
     """``read(silence_s)`` gives the consumer a turn (keep-alive comments) without losing data."""
     _server, _pool, pending, peer = await opened(harness)

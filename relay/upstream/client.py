@@ -5,10 +5,10 @@ This is the one boundary where transport errors and timeouts become
 with ``raise ... from``. Above it, nothing knows about sockets.
 
 Timeouts: ``--timeout`` bounds the connect (pool wait included), then the wait
-for the response head, then each silent gap while reading the body: one lazy
-timer per busy connection (``http1``), paused while reading is paused for
-backpressure, so a slow client never makes the upstream look silent. Nothing
-caps a whole stream.
+for the response head, then each silent gap while reading the body: the pool's
+one ticker checks every busy connection (``http1``), and the gap clock pauses
+while reading is paused for backpressure, so a slow client never makes the
+upstream look silent. Nothing caps a whole stream.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class UpstreamResponse:
         ``on_silence`` is awaited after each ``silence_s`` without upstream bytes
         (the handler writes a keep-alive comment). It runs in the consumer's own
         task while the chain waits here, so it never races another write; the
-        connection's one timer tells the read, no timer per read.
+        pool's ticker tells the read, no timer per read.
         """
         response = self._response
         wait_s = silence_s if on_silence is not None else None
