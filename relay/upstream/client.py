@@ -248,7 +248,14 @@ class UpstreamClient:
             self._metrics.upstream_attempts += 1
             started = time.perf_counter()
             try:
-                response = await self._attempt(head, data)
+                try:
+                    # The pool's own deadlines bound the connect and the wait for the response head.
+                    response = await self._pool.request(head, data)
+                except (Http1Error, OSError) as exc:
+                    raise self._transport_error(exc) from exc
+                if not (200 <= response.status < 300 and "x-actual-status-code" not in response.headers
+                        and response.content_type != "text/html"):
+                    await self._check_or_close(response)  # the common answer skips this coroutine
             except _Retryable as failure:
                 reason = failure.error.instance_code or failure.error.code or "error"
                 if attempt >= attempts:
@@ -283,27 +290,22 @@ class UpstreamClient:
                 f"Authorization: Bearer {token}\r\nAccept: {accept}\r\n{body_headers}\r\n"
                 ).encode()
 
-    async def _attempt(self, head: bytes, data: bytes | None) -> Http1Response:
-        timeout_s = self._config.timeouts.upstream_s
-        try:
-            # The pool's own timers bound the connect and the wait for the response head.
-            response = await self._pool.request(head, data)
-        except TimeoutError as exc:  # ConnectTimeout and ReadTimeout are TimeoutErrors
-            raise UpstreamTimeout(f"The upstream did not answer within {timeout_s:g} s (--timeout).") from exc
-        except ProtocolViolation as exc:  # e.g. a bad status line: not an HTTP server
-            raise UpstreamProtocolError("The upstream did not answer in well-formed HTTP.") from exc
-        except (Http1Error, OSError) as exc:
-            name = type(exc.__cause__ if isinstance(exc, ConnectError) and exc.__cause__ else exc).__name__
-            raise _Retryable(UpstreamUnavailable(f"Cannot reach the upstream: {name}.")) from exc
-        if 200 <= response.status < 300 and "x-actual-status-code" not in response.headers \
-                and response.content_type != "text/html":
-            return response  # the common answer needs no checking coroutine
+    def _transport_error(self, exc: Http1Error | OSError) -> Exception:
+        """What a failed send or head wait means: a timeout, not HTTP, or retryable."""
+        if isinstance(exc, TimeoutError):  # ConnectTimeout and ReadTimeout are TimeoutErrors
+            return UpstreamTimeout(f"The upstream did not answer within {self._config.timeouts.upstream_s:g} s "
+                                   "(--timeout).")
+        if isinstance(exc, ProtocolViolation):  # e.g. a bad status line: not an HTTP server
+            return UpstreamProtocolError("The upstream did not answer in well-formed HTTP.")
+        name = type(exc.__cause__ if isinstance(exc, ConnectError) and exc.__cause__ else exc).__name__
+        return _Retryable(UpstreamUnavailable(f"Cannot reach the upstream: {name}."))
+
+    async def _check_or_close(self, response: Http1Response) -> None:
         try:
             await self._check(response)
         except BaseException:
             response.close()
             raise
-        return response
 
     async def _check(self, response: Http1Response) -> None:
         status = response.status
