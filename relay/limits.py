@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from types import TracebackType
 from typing import NoReturn
 
 from .errors import Overloaded
@@ -45,10 +44,6 @@ class ConcurrencyGate:
     async def wait_idle(self) -> None:
         """Return once no request holds a slot (the drain waits on this)."""
         await self._idle.wait()
-
-    def slot(self, wait_s: float = 0.0) -> _Slot:
-        """Hold a slot for the block; wait up to ``wait_s`` for one (FIFO), else 429."""
-        return _Slot(self, wait_s)
 
     def try_enter(self) -> bool:
         """Take a free slot now, if there is one and nobody is waiting for it."""
@@ -98,20 +93,3 @@ class ConcurrencyGate:
             "(--max-concurrency); retry shortly.",
             retry_after_s=RETRY_AFTER_FULL_S,
         )
-
-
-class _Slot:
-    """``async with gate.slot():`` a class rather than a generator: one per request."""
-
-    __slots__ = ("_gate", "_wait_s")
-
-    def __init__(self, gate: ConcurrencyGate, wait_s: float) -> None:
-        self._gate = gate
-        self._wait_s = wait_s
-
-    async def __aenter__(self) -> None:
-        await self._gate.enter(self._wait_s)
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        traceback: TracebackType | None) -> None:
-        self._gate.leave()

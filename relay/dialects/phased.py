@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from ..openai_wire import usage_from_upstream
-from ..pipeline import closing_source
+from ..pipeline import close_source
 from ..pipeline.frames import Frame, StreamStats
 from .common import first_choice, length_or_raise, sources_text
 
@@ -71,7 +71,7 @@ async def phase_frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamSta
     """Normalise phase-tagged incremental payloads into frames."""
     summary = SummaryText()
     sources: list[dict[str, Any]] = []
-    async with closing_source(payloads):
+    try:
         async for payload in payloads:
             created = payload.get("response.created")
             if isinstance(created, dict):
@@ -118,3 +118,5 @@ async def phase_frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamSta
                 yield frame
         if sources:
             yield Frame(content=sources_text(sources))
+    finally:
+        await close_source(payloads)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import UpstreamProtocolError
 from ..openai_wire import ChatRequest, usage_from_upstream
-from ..pipeline import closing_source
+from ..pipeline import close_source
 from ..pipeline.deaccumulate import deaccumulate
 from ..pipeline.frames import Frame, StreamStats
 from ..pipeline.think import ThinkSplitter, split_think
@@ -115,7 +115,7 @@ def base_body(request: ChatRequest, options: ChatOptions) -> dict[str, Any]:
 
 async def _frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -> AsyncIterator[Frame]:
     """Normalise v1 payloads; ``content`` stays cumulative for ``deaccumulate``."""
-    async with closing_source(payloads):
+    try:
         async for payload in payloads:
             ends = payload.get("error") is not None
             frame = _frame(payload, stats)
@@ -125,6 +125,8 @@ async def _frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -
                 del frame
             if ends:
                 return
+    finally:
+        await close_source(payloads)
 
 
 def _frame(payload: dict[str, Any], stats: StreamStats) -> Frame | None:
@@ -160,11 +162,13 @@ def _frame(payload: dict[str, Any], stats: StreamStats) -> Frame | None:
 
 async def _append_sources(frames: AsyncIterable[Frame], stats: StreamStats) -> AsyncIterator[Frame]:
     """After the answer, the web-search sources as a short list (never lost)."""
-    async with closing_source(frames):
+    try:
         async for frame in frames:
             if frame.finish_reason is not None and stats.sources:
                 frame.content += sources_text(stats.sources)
                 stats.sources.clear()
             yield frame
+    finally:
+        await close_source(frames)
     if stats.sources:
         yield Frame(content=sources_text(stats.sources))

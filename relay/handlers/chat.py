@@ -34,7 +34,7 @@ from ..pipeline import (
     SseEncoder,
     StreamStats,
     aggregate,
-    closing_source,
+    close_source,
     encode_sse,
     upstream_payloads,
 )
@@ -235,7 +235,7 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         frames = drop_reasoning(frames)
     elif config.reasoning_in_content:
         frames = reasoning_as_content(frames)
-    async with closing_source(frames):
+    try:
         rest: AsyncIterator[Frame] = frames
         try:
             first = await _first_substantial(frames)
@@ -257,19 +257,22 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
                              include_usage=chat.include_usage, stats=stats)
         chunks = encode_sse(rest, encoder, usage_estimate, first)
         first = None  # the encoder has it
-        async with closing_source(chunks):
-            try:
-                async for data in chunks:
-                    await output.add(data)
-                    del data  # not held while the next chunk is awaited
-                await output.flush()
-                await response.write_eof()
-            except (ConnectionResetError, asyncio.CancelledError) as exc:
-                info.client_gone = True
-                info.bytes_out = stats.bytes_out
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                return response
+        try:
+            async for data in chunks:
+                await output.add(data)
+                del data  # not held while the next chunk is awaited
+            await output.flush()
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError) as exc:
+            info.client_gone = True
+            info.bytes_out = stats.bytes_out
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return response
+        finally:
+            await close_source(chunks)
+    finally:
+        await close_source(frames)
     info.bytes_out = stats.bytes_out
     return response
 
@@ -335,12 +338,14 @@ async def _require_tool_call(frames: AsyncIterator[Frame]) -> AsyncIterator[Fram
     A stream cannot be retried once bytes went out, so the client is told plainly.
     """
     called = False
-    async with closing_source(frames):
+    try:
         async for frame in frames:
             called = called or bool(frame.tool_calls)
             if frame.finish_reason is not None and not called:
                 raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
             yield frame
+    finally:
+        await close_source(frames)
     if not called:
         raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
 

@@ -16,10 +16,10 @@ Cancellation and shutdown flow::
 
     client disconnects ──▶ aiohttp cancels the handler task (handler_cancellation=True)
         └─ CancelledError at `await response.write` or at the upstream read
-            ├─ aclosing(stream) closes encode_sse ─▶ frames ─▶ payloads ─▶ bytes
+            ├─ each stage's `finally: close_source(...)` closes encode_sse ─▶ frames ─▶ bytes
             ├─ UpstreamClient.open exits: response.close() (not release: half-read)
             │     └─ the upstream sees its connection close and stops generating
-            └─ ConcurrencyGate.slot() finally: the slot is free again
+            └─ the gate's `finally: gate.leave()`: the slot is free again
 
     upstream fault after headers (stall, reset, long line, in-stream error)
         └─ RelayError raised in a stage ─▶ encode_sse yields error event + [DONE]
@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from ._util import closing_source
+from ._util import close_source
 from .aggregate import Aggregate, aggregate
 from .deaccumulate import deaccumulate
 from .encode import SseEncoder, encode_sse
@@ -47,7 +47,7 @@ __all__ = [
     "ToolCallParser",
     "ToolSpec",
     "aggregate",
-    "closing_source",
+    "close_source",
     "deaccumulate",
     "decode_json",
     "encode_sse",

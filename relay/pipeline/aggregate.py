@@ -10,7 +10,7 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._util import closing_source
+from ._util import close_source
 from .frames import Frame, ToolCall
 
 __all__ = ["Aggregate", "aggregate"]
@@ -34,7 +34,7 @@ async def aggregate(frames: AsyncIterable[Frame]) -> Aggregate:
     tool_calls: list[ToolCall] = []
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
-    async with closing_source(frames):
+    try:
         async for frame in frames:
             if frame.content:
                 content.append(frame.content)
@@ -46,4 +46,6 @@ async def aggregate(frames: AsyncIterable[Frame]) -> Aggregate:
                 finish_reason = frame.finish_reason
             if frame.usage is not None:
                 usage = frame.usage
+    finally:
+        await close_source(frames)
     return Aggregate("".join(content), "".join(reasoning), finish_reason, usage, tool_calls)

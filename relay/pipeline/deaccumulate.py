@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 
-from ._util import closing_source
+from ._util import close_source
 from .frames import Frame, StreamStats
 
 __all__ = ["deaccumulate"]
@@ -28,7 +28,7 @@ async def deaccumulate(frames: AsyncIterable[Frame], stats: StreamStats) -> Asyn
     """Yield frames whose ``content`` is only the new text."""
     previous = ""
     sent = 0  # characters of the cumulative text already passed on
-    async with closing_source(frames):
+    try:
         async for frame in frames:
             text = frame.content
             if text:
@@ -44,3 +44,5 @@ async def deaccumulate(frames: AsyncIterable[Frame], stats: StreamStats) -> Asyn
             # An empty frame (no content key, or a first empty chunk) carries no text.
             if frame.content or frame.finish_reason or frame.usage or frame.extra or frame.reasoning:
                 yield frame
+    finally:
+        await close_source(frames)

@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import RelayError, UpstreamProtocolError
 from ..jsonio import dumps
 from ..sse import DONE_EVENT
-from ._util import closing_source
+from ._util import close_source
 from .frames import Frame, StreamStats
 
 __all__ = ["SseEncoder", "encode_sse"]
@@ -132,7 +132,7 @@ async def encode_sse(
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     stats = encoder.stats
-    async with closing_source(frames):
+    try:
         head = encoder.start()
         if first is not None:
             finish_reason, usage = first.finish_reason, first.usage
@@ -161,3 +161,5 @@ async def encode_sse(
             return
         completion_chars = stats.content_chars + stats.tool_call_chars
         yield encoder.finish(finish_reason or "stop", usage or usage_estimate(completion_chars))
+    finally:
+        await close_source(frames)

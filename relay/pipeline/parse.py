@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import StreamLimitExceeded
 from ..jsonio import loads
 from ..sse import LineTooLong, SseDecoder, SseEvent
-from ._util import closing_source
+from ._util import close_source
 from .frames import StreamStats
 
 __all__ = ["decode_json", "parse_events"]
@@ -32,7 +32,7 @@ async def parse_events(chunks: AsyncIterable[bytes], max_line_bytes: int,
                        stats: StreamStats) -> AsyncIterator[SseEvent]:
     """Split upstream bytes into SSE events, enforcing the line-length limit."""
     decoder = SseDecoder(max_line_bytes)
-    async with closing_source(chunks):
+    try:
         try:
             async for chunk in chunks:
                 events = decoder.feed(chunk)
@@ -49,6 +49,8 @@ async def parse_events(chunks: AsyncIterable[bytes], max_line_bytes: int,
             ) from exc
         finally:
             stats.comments = decoder.comments
+    finally:
+        await close_source(chunks)
 
 
 def _not_json(name: str) -> None:
@@ -63,7 +65,7 @@ def _finite_float(text: str) -> float | None:
 
 async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
     """Decode each event's data as a JSON object; stop at ``[DONE]``."""
-    async with closing_source(events):
+    try:
         async for event in events:
             data = event.data
             del event
@@ -81,3 +83,5 @@ async def decode_json(events: AsyncIterable[SseEvent], stats: StreamStats) -> As
             stats.events += 1
             yield payload
             del payload  # a long stream waits here between events: hold nothing
+    finally:
+        await close_source(events)

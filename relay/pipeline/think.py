@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 
-from ._util import closing_source
+from ._util import close_source
 from .frames import Frame
 
 __all__ = ["THINK_CLOSE", "THINK_OPEN", "ThinkSplitter", "drop_reasoning", "reasoning_as_content", "split_think"]
@@ -84,7 +84,7 @@ class ThinkSplitter:
 async def split_think(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
     """Move inline ``<think>`` text from ``content`` to ``reasoning``."""
     splitter = ThinkSplitter()
-    async with closing_source(frames):
+    try:
         async for frame in frames:
             if frame.content:
                 reasoning, frame.content = splitter.feed(frame.content)
@@ -94,6 +94,8 @@ async def split_think(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
         reasoning, content = splitter.flush()
         if reasoning or content:
             yield Frame(content=content, reasoning=reasoning)
+    finally:
+        await close_source(frames)
 
 
 async def drop_reasoning(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
@@ -102,19 +104,21 @@ async def drop_reasoning(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
     An upstream model may think anyway (QwQ always does); the client asked for
     none of it, so none of it reaches the client, in any field.
     """
-    async with closing_source(frames):
+    try:
         async for frame in frames:
             if frame.reasoning:
                 frame.reasoning = ""
                 if not (frame.content or frame.finish_reason or frame.usage or frame.extra):
                     continue
             yield frame
+    finally:
+        await close_source(frames)
 
 
 async def reasoning_as_content(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
     """Put reasoning back into ``content`` as a leading ``<think>…</think>`` block."""
     thinking = False
-    async with closing_source(frames):
+    try:
         async for frame in frames:
             text = ""
             if frame.reasoning:
@@ -131,3 +135,5 @@ async def reasoning_as_content(frames: AsyncIterable[Frame]) -> AsyncIterator[Fr
             yield frame
         if thinking:
             yield Frame(content=THINK_CLOSE)
+    finally:
+        await close_source(frames)

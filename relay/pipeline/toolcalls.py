@@ -49,7 +49,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._util import closing_source
+from ._util import close_source
 from .frames import Frame, ToolCall
 from .think import _held_suffix
 
@@ -393,7 +393,7 @@ async def extract_tool_calls(frames: AsyncIterable[Frame], tools: Mapping[str, T
     """
     parser = ToolCallParser(tools)
     finish: str | None = None
-    async with closing_source(frames):
+    try:
         async for frame in frames:
             items = parser.feed(frame.content) if frame.content else []
             if frame.finish_reason is not None:
@@ -410,6 +410,8 @@ async def extract_tool_calls(frames: AsyncIterable[Frame], tools: Mapping[str, T
             yield out
         if parser.calls and finish in (None, "stop"):
             yield Frame(finish_reason="tool_calls")
+    finally:
+        await close_source(frames)
 
 
 def _split(frame: Frame, items: list[str | ToolCall]) -> list[Frame]:
