@@ -286,6 +286,20 @@ async def test_header_names_are_lower_cased_and_duplicates_joined(harness: Harne
     assert response.content_type == ""
 
 
+@pytest.mark.parametrize("framing", ["Content-Length: 100", "Transfer-Encoding: chunked"])
+async def test_keep_headers_drops_the_rest_but_never_the_framing(harness: Harness, framing: str) -> None:
+    """Only the headers the caller reads are kept, yet a framed body cut by a close is still broken."""
+    _server, _pool, pending, peer = await opened(harness, keep_headers=frozenset({"x-keep"}))
+    partial = b"partial" if framing.startswith("Content") else b"7\r\npartial\r\n"
+    peer.write(f"HTTP/1.1 200 OK\r\n{framing}\r\nX-Keep: yes\r\nSet-Cookie: a=1\r\n\r\n".encode() + partial)
+    response = await bounded(pending)
+    assert response.headers == {"x-keep": "yes"}
+    assert await bounded(response.read()) == b"partial"
+    peer.writer.close()
+    with pytest.raises(ConnectionBroken):  # not mistaken for a body that runs until the close
+        await bounded(response.read())
+
+
 async def test_chunked_body_is_joined_wherever_the_tcp_writes_cut_it(harness: Harness) -> None:
     """llhttp sees the chunked framing cut at every byte: mid size line, mid CRLF, mid data.
 

@@ -214,17 +214,8 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
         raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
     response = web.StreamResponse(headers=SSE_HEADERS)
-
-    async def keep_alive() -> None:
-        # Upstream silent for --keepalive-interval: commit the 200 if not yet done
-        # (long thinking before the first frame) and tell the client we are alive.
-        if not response.prepared:
-            await response.prepare(request)
-        await response.write(KEEPALIVE_COMMENT)
-        stats.bytes_out += len(KEEPALIVE_COMMENT)
-
-    output = _Coalescer(response, stats)
-    body = upstream.iter_bytes(keep_alive, config.timeouts.keepalive_s, output.flush)
+    output = _Coalescer(request, response, stats)
+    body = upstream.iter_bytes(output.keep_alive, config.timeouts.keepalive_s, output.flush)
     payloads = upstream_payloads(body, config.limits.max_line_bytes, stats)
     frames = dialect.stream_frames(payloads, stats)
     if plan.specs:
@@ -278,7 +269,8 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
 
 
 class _Coalescer:
-    """Client output gathered until the pipeline is about to wait on the network.
+    """Client output gathered until the pipeline is about to wait on the network
+    (and the keep-alive comments written while it waits).
 
     A write is a syscall and a chunked-encoding frame; SSE events are small and
     arrive in bursts (one upstream read often holds many). ``flush`` runs before
@@ -286,9 +278,10 @@ class _Coalescer:
     memory stays bounded and backpressure still reaches the upstream.
     """
 
-    __slots__ = ("_pending", "_response", "_size", "_stats")
+    __slots__ = ("_pending", "_request", "_response", "_size", "_stats")
 
-    def __init__(self, response: web.StreamResponse, stats: StreamStats) -> None:
+    def __init__(self, request: web.Request, response: web.StreamResponse, stats: StreamStats) -> None:
+        self._request = request
         self._response = response
         self._stats = stats
         self._pending: list[bytes] = []
@@ -299,6 +292,17 @@ class _Coalescer:
         self._size += len(data)
         if self._size >= _COALESCE_MAX_BYTES:
             await self.flush()
+
+    async def keep_alive(self) -> None:
+        """The upstream was silent for --keepalive-interval: tell the client we are alive.
+
+        Commits the 200 if not yet done (long thinking before the first frame).
+        Nothing is pending here: the reader flushed before it began to wait.
+        """
+        if not self._response.prepared:
+            await self._response.prepare(self._request)
+        await self._response.write(KEEPALIVE_COMMENT)
+        self._stats.bytes_out += len(KEEPALIVE_COMMENT)
 
     async def flush(self) -> None:
         if not self._pending:

@@ -43,7 +43,7 @@ class SseEncoder:
     ~3× faster than f-strings for deltas of a few hundred characters.
     """
 
-    __slots__ = ("_finished", "_head", "_include_usage", "_text_head", "stats")
+    __slots__ = ("_finished", "_head", "_include_usage", "stats")
 
     def __init__(self, *, completion_id: str, created: int, model: str,
                  include_usage: bool, stats: StreamStats) -> None:
@@ -51,7 +51,6 @@ class SseEncoder:
             b'data: {"id":', dumps(completion_id), b',"object":"chat.completion.chunk","created":',
             str(created).encode(), b',"model":', dumps(model), b',"choices":',
         ))
-        self._text_head = self._head + b'[{"index":0,"delta":{"content":'
         self._include_usage = include_usage
         self._finished = False
         self.stats = stats
@@ -86,7 +85,7 @@ class SseEncoder:
             elif frame.content:
                 # The hot path: plain text deltas, one join with the per-stream prefix.
                 self.stats.content_chars += len(frame.content)
-                return b"".join((self._text_head, dumps(frame.content),
+                return b"".join((self._head, b'[{"index":0,"delta":{"content":', dumps(frame.content),
                                  b'},"logprobs":null,"finish_reason":null}]}\n\n'))
             else:
                 return b""

@@ -64,6 +64,8 @@ _SMALL_JSON_BYTES = 1024 * 1024
 _CHALLENGE_MARKERS = (b"aliyun_waf", b"FAIL_SYS_USER_VALIDATE", b"RGV587_ERROR", b"punish", b"x5sec", b"baxia")
 #: keep-alive connections beyond the concurrency limit (models fetches, stop requests).
 POOL_HEADROOM = 32
+#: the upstream response headers this module reads; the others are not kept.
+HEADERS_READ = frozenset({"content-type", "content-encoding", "x-actual-status-code", "retry-after"})
 
 
 class _Retryable(Exception):
@@ -180,7 +182,8 @@ class UpstreamClient:
         self._metrics = metrics if metrics is not None else Metrics()
         timeout_s = config.timeouts.upstream_s
         self._pool = Http1Pool(self._origin, limit=config.limits.max_concurrency + POOL_HEADROOM,
-                               connect_timeout_s=timeout_s, read_timeout_s=timeout_s)
+                               connect_timeout_s=timeout_s, read_timeout_s=timeout_s,
+                               keep_headers=HEADERS_READ)
         # The web app's own Origin/Referer and "source" (§1 [C]); the original sent none.
         headers = {"Host": self._pool.host_header, **BROWSER_HEADERS, "Origin": self._origin,
                    "Referer": self._origin + "/", "source": "web"}

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import ssl
 import zlib
+from collections.abc import Awaitable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
@@ -141,9 +142,13 @@ class Http1Response:
         """Complete, and every byte taken."""
         return self.complete and not self._conn.buffered
 
-    async def read(self, silence_s: float | None = None) -> bytes | None:
-        """The next bytes; ``b""`` at the end; None after ``silence_s`` without any."""
-        return await self._conn.read(silence_s)
+    def read(self, silence_s: float | None = None) -> Awaitable[bytes | None]:
+        """The next bytes; ``b""`` at the end; None after ``silence_s`` without any.
+
+        The connection's own coroutine, not one of ours around it: one frame less
+        per read, and per open stream.
+        """
+        return self._conn.read(silence_s)
 
     def close(self) -> None:
         self._conn.finish(self)
@@ -256,14 +261,19 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200:
             return  # an interim answer (100 Continue): the real one follows
         headers: dict[str, str] = {}
+        keep = self._pool.keep_headers
+        framed = False  # a length or chunked coding; else the body runs until the close
         for raw_name, raw_value in self._header_pairs:
             name = raw_name.decode("latin-1").lower()
+            if name == "content-length" or (name == "transfer-encoding" and b"chunked" in raw_value.lower()):
+                framed = True
+            if keep is not None and name not in keep:
+                continue
             value = raw_value.decode("latin-1").strip()
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         self._header_pairs = []
         self._keep_alive = self._parser.should_keep_alive()
-        self._close_delimited = ("content-length" not in headers
-                                 and "chunked" not in headers.get("transfer-encoding", "").lower())
+        self._close_delimited = not framed
         response = Http1Response(self, status, headers)
         self._response = response
         waiter, self._head_waiter = self._head_waiter, None
@@ -421,7 +431,13 @@ class Http1Pool:
     """Keep-alive connections to one origin, at most ``limit`` at once."""
 
     def __init__(self, origin: str, *, limit: int, connect_timeout_s: float, read_timeout_s: float,
-                 idle_s: float = 15.0, ssl_context: ssl.SSLContext | None = None) -> None:
+                 idle_s: float = 15.0, ssl_context: ssl.SSLContext | None = None,
+                 keep_headers: frozenset[str] | None = None) -> None:
+        """``keep_headers``: the (lower-case) response headers the caller reads; None keeps all.
+
+        A response keeps its headers for as long as it is read, a stream's whole
+        life; Qwen Chat's answers carry a dozen the relay never looks at (cookies).
+        """
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) origin: {origin!r}")
@@ -440,6 +456,7 @@ class Http1Pool:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.idle_s = idle_s
+        self.keep_headers = keep_headers
         self._idle: collections.deque[_Connection] = collections.deque()
         self._count = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
