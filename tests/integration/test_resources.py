@@ -9,7 +9,9 @@ the wire:
   events it could not send, and from the relay process as a peak RSS that does not
   follow the answer's size;
 - a thousand clients that open a stream and vanish must leave no task, socket,
-  upstream stream or concurrency slot behind, counted in this very process.
+  upstream stream or concurrency slot behind, counted in this very process;
+- an open stream must not keep its prompt (a coding agent's is 100 KB and more):
+  counted with tracemalloc on the relay's own allocations.
 
 Each test prints the peak RSS it measured (run with ``-s`` to see it).
 """
@@ -20,12 +22,14 @@ import asyncio
 import gc
 import json
 import socket
+import tracemalloc
 from collections import Counter
 
+import aiohttp
 import pytest
 
 from relay.emulator import RequestRecord, RunningEmulator
-from tests.conftest import TOKEN, RelayFactory, chat_body, directive, parse_sse
+from tests.conftest import TOKEN, RelayFactory, auth, chat_body, directive, parse_sse
 from tests.integration.test_fault_matrix import (
     CHAT,
     MIB,
@@ -283,3 +287,32 @@ async def test_thousand_abandoned_streams_leak_no_tasks_sockets_or_slots(
     assert state.streams_aborted == state.streams_started >= clients // 2
     assert all(record.finished for record in chat_requests(emulator))
 
+
+
+async def test_an_open_stream_keeps_no_copy_of_its_prompt(relay_factory: RelayFactory) -> None:
+    """A coding agent's long prompt (here 4 MiB) is not held for the life of its stream.
+
+    Counted with tracemalloc in this process: large blocks allocated under the
+    relay's own handlers (``relay/handlers``) and still alive while the stream is
+    held open. The in-process emulator keeps its own copy as it streams; its
+    blocks have no frame in ``relay/handlers`` and are not counted.
+    """
+    relay = await relay_factory()
+    held = directive(fault="stall_mid", after=1, pieces=["held ", "open"])
+    prompt = "x" * (4 * MIB) + "\n" + held
+    tracemalloc.start(30)
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.timeout(30), \
+                session.post(relay + CHAT, json=chat_body(stream=True, text=prompt), headers=auth()) as resp:
+            assert resp.status == 200, await resp.text()
+            async for line in resp.content:  # the first event: the stream is committed
+                if line.startswith(b"data:"):
+                    break
+            gc.collect()
+            snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    ours = snapshot.filter_traces([tracemalloc.Filter(True, "*/relay/handlers/*", all_frames=True)])
+    large = [stat for stat in ours.statistics("traceback") if stat.size >= MIB]
+    assert not large, "\n".join(f"{stat.size} bytes held, allocated at:\n" + "\n".join(stat.traceback.format())
+                                 for stat in large)
