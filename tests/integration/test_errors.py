@@ -264,6 +264,25 @@ async def test_unknown_path_is_404(relay: str, session: aiohttp.ClientSession) -
     assert envelope(resp, body, 404)["code"] == "not_found"
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_unknown_path_is_a_404_envelope_whatever_the_method(
+        relay: str, session: aiohttp.ClientSession, method: str) -> None:
+    async with session.request(method, relay + "/v1/nope", json={}) as resp:
+        body = await resp.text()
+    assert envelope(resp, body, 404)["code"] == "not_found"
+
+
+async def test_every_known_path_answers_other_methods_with_a_405_envelope(
+        relay: str, session: aiohttp.ClientSession) -> None:
+    allowed = {"/healthz": {"GET", "HEAD"}, "/metrics": {"GET"}, MODELS: {"GET", "OPTIONS"},
+               CHAT: {"POST", "OPTIONS"}}
+    for path, methods in allowed.items():
+        async with session.request("DELETE", relay + path) as resp:
+            body = await resp.text()
+        assert envelope(resp, body, 405)["code"] == "method_not_allowed", path
+        assert set(resp.headers["Allow"].split(",")) == methods, path
+
+
 async def test_unknown_model_is_404_model_not_found(
         relay: str, session: aiohttp.ClientSession, emulator: RunningEmulator) -> None:
     resp, body = await post_json(session, relay + CHAT, chat_body(model="no-such-model"))
