@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .busypoll import BusyPoll
 from .config import EMULATOR_UPSTREAM, Config
 from .dialects import get_dialect
 from .handlers import chat, health, models
@@ -54,9 +55,10 @@ def make_app(config: Config) -> web.Application:
         "/v1/models": {"GET": models.list_models, "OPTIONS": preflight},
         "/v1/chat/completions": {"POST": chat.chat_completions, "OPTIONS": preflight},
     }
+    on_request = BusyPoll(config.busy_poll_us / 1e6).activity if config.busy_poll_us else None
     for path, methods in routes.items():
         for method, handler in methods.items():
-            app.router.add_route(method, path, relay_route(handler, path))
+            app.router.add_route(method, path, relay_route(handler, path, on_request))
         # Any other method: a 405 envelope naming the allowed ones (aiohttp's own is plain text).
         app.router.add_route("*", path, relay_route(method_not_allowed(",".join(sorted(methods))), path))
     # Last, so it matches only what nothing above does: a 404 envelope.

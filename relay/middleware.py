@@ -73,16 +73,19 @@ def _request_id(given: str | None) -> str:
     return f"{random.getrandbits(96):024x}"
 
 
-def relay_route(handler: Handler, label: str) -> Handler:
+def relay_route(handler: Handler, label: str, on_request: Callable[[], None] | None = None) -> Handler:
     """``handler`` with the request id, drain check, error envelopes, metrics and access log.
 
     Applied to each route when it is added, rather than as an aiohttp
     middleware: aiohttp then builds no middleware chain per request, which
     measured 2 µs per chat completion and 4 µs (10 %) per cached model list.
-    ``label`` names the route in the metrics (the path template, or ``unmatched``).
+    ``label`` names the route in the metrics (the path template, or ``unmatched``);
+    ``on_request`` is told of each request as it starts (``--busy-poll-us``).
     """
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        if on_request is not None:
+            on_request()
         app = request.app
         info = RequestInfo(_request_id(request.headers.get("X-Request-Id")))
         request[INFO] = info

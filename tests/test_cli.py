@@ -53,6 +53,7 @@ def test_environment_of_the_process_is_not_read_when_environ_given(monkeypatch: 
     ("HOST", "0.0.0.0", lambda c: c.host == "0.0.0.0"),
     ("PORT", "9000", lambda c: c.port == 9000),
     ("UPSTREAM", "http://127.0.0.1:1234", lambda c: c.upstream == "http://127.0.0.1:1234"),
+    ("BUSY_POLL_US", "300", lambda c: c.busy_poll_us == 300),
 ])
 def test_env_var_applies(name: str, raw: str, read: Callable[[Config], bool]) -> None:
     """``QWEN_RELAY_<NAME>`` sets each setting."""
@@ -119,6 +120,8 @@ def test_out_of_range_env_value_exits_2_naming_the_variable(
     ["--compress-min-bytes", "-1"],
     ["--models-ttl", "-5"],
     ["--cors-origins", " , "],
+    ["--busy-poll-us", "-1"],
+    ["--busy-poll-us", "20000"],
     ["--no-such-flag"],
 ])
 def test_invalid_flag_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

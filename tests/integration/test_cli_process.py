@@ -127,3 +127,24 @@ async def test_uvloop_is_the_default_loop_and_asyncio_is_a_flag_away(flag: tuple
         assert listening["loop"] == expected
         async with aiohttp.ClientSession() as session, session.get(relay.url + "/healthz") as response:
             assert response.status == 200
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_busy_poll_answers_and_then_lets_an_idle_relay_sleep() -> None:
+    """``--busy-poll-us`` keeps the loop polling only just after requests: idle, it burns no CPU."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": directive(reply="polled")}]}
+    async with relay_process("--upstream", "emulator", "--busy-poll-us", "5000") as relay:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):
+                async with session.post(relay.url + "/v1/chat/completions", json=body, headers=auth()) as response:
+                    assert response.status == 200, await response.text()
+                    assert (await response.json())["choices"][0]["message"]["content"] == "polled"
+        before = cpu_seconds(relay.process.pid)
+        await asyncio.sleep(1.0)  # a bounded window to prove a non-event: no spinning while idle
+        assert cpu_seconds(relay.process.pid) - before < 0.2
