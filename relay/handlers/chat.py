@@ -69,8 +69,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     plan = plan_tools(parse_chat_request(parse_json_body(await read_body(request))))
     chat = plan.request
     info.model, info.stream = chat.model, chat.stream
-    if caller.key is None:  # passthrough: no relay-side limits to hold
-        return await _answer(request, info, caller, plan)
     async with caller.admit(chat.model, request.app[OPERATOR].state):  # a relay key's model, rpm, concurrency
         return await _answer(request, info, caller, plan)
 
