@@ -61,14 +61,13 @@ class ModelsCache:
 
     def peek(self, token: str) -> CachedModels | None:
         """The token's models if cached and fresh, else None: a hit needs no coroutine."""
-        entry = self._entries.get(hashlib.sha256(token.encode()).digest())
-        return entry if entry is not None and entry.expires_at > time.monotonic() else None
+        return self._fresh(_key(token))
 
     async def get(self, token: str) -> CachedModels:
         """The token's models, from the cache or one shared upstream call."""
-        key = hashlib.sha256(token.encode()).digest()
-        entry = self._entries.get(key)
-        if entry is not None and entry.expires_at > time.monotonic():
+        key = _key(token)
+        entry = self._fresh(key)
+        if entry is not None:
             return entry
         task = self._inflight.get(key)
         if task is None:
@@ -76,6 +75,10 @@ class ModelsCache:
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)
+
+    def _fresh(self, key: bytes) -> CachedModels | None:
+        entry = self._entries.get(key)
+        return entry if entry is not None and entry.expires_at > time.monotonic() else None
 
     async def _load(self, key: bytes, token: str) -> CachedModels:
         ttl_s = self._ttl_s
@@ -118,3 +121,8 @@ class ModelsCache:
 def _variant_name(name: object, base: str, thinking: bool, search: bool) -> str:
     switches = " + ".join(part for part, on in (("thinking", thinking), ("search", search)) if on)
     return f"{name if isinstance(name, str) else base} ({switches})"
+
+
+def _key(token: str) -> bytes:
+    """The cache key: the token's SHA-256, so the cache never holds a token."""
+    return hashlib.sha256(token.encode()).digest()
