@@ -256,9 +256,8 @@ class UpstreamClient:
                     response = await self._pool.request(head, data)
                 except (Http1Error, OSError) as exc:
                     raise self._transport_error(exc) from exc
-                if not (200 <= response.status < 300 and "x-actual-status-code" not in response.headers
-                        and response.content_type != "text/html"):
-                    await self._check_or_close(response)  # the common answer skips this coroutine
+                if not _plainly_successful(response):  # the common answer skips the checking coroutine
+                    await self._check_or_close(response)
             except _Retryable as failure:
                 reason = failure.error.instance_code or failure.error.code or "error"
                 if attempt >= attempts:
@@ -311,6 +310,7 @@ class UpstreamClient:
             raise
 
     async def _check(self, response: Http1Response) -> None:
+        """Raise what a non-plain answer means (see ``_plainly_successful``), reading its start if needed."""
         status = response.status
         actual = response.headers.get("x-actual-status-code", "")
         if 200 <= status < 300 and actual.isdigit() and int(actual) >= 400:
@@ -377,6 +377,12 @@ class _Exchange:
                         traceback: TracebackType | None) -> None:
         if self._response is not None:
             self._client._done(self._response)
+
+
+def _plainly_successful(response: Http1Response) -> bool:
+    """A 2xx that ``_check`` would accept without reading a byte: no qwen-v2 status override, not HTML."""
+    return (200 <= response.status < 300 and "x-actual-status-code" not in response.headers
+            and response.content_type != "text/html")
 
 
 async def _read_some(response: Http1Response) -> bytes:
