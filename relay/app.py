@@ -11,9 +11,21 @@ from aiohttp.typedefs import Handler
 
 from .busypoll import BusyPoll
 from .config import EMULATOR_UPSTREAM, Config
+from .deadline import Deadlines
 from .dialects import get_dialect
 from .handlers import chat, health, models
-from .keys import CONFIG, DIALECT, GATE, LIFECYCLE, METRICS, MODELS, OPERATOR, POOL_MODELS, UPSTREAM
+from .keys import (
+    CONFIG,
+    DIALECT,
+    GATE,
+    LIFECYCLE,
+    METRICS,
+    MODELS,
+    NONSTREAM_DEADLINES,
+    OPERATOR,
+    POOL_MODELS,
+    UPSTREAM,
+)
 from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
 from .metrics import Metrics
@@ -33,6 +45,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.limits.max_body_bytes + 1)
     app[CONFIG] = config
     app[DIALECT] = get_dialect(config.dialect)
+    app[NONSTREAM_DEADLINES] = Deadlines(config.timeouts.nonstream_deadline_s)
     gate = app[GATE] = ConcurrencyGate(config.limits.max_concurrency)
     lifecycle = app[LIFECYCLE] = Lifecycle()
     metrics = app[METRICS] = Metrics()
@@ -92,5 +105,6 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         await app[POOL_MODELS].close()
         await client.close()
         await state.close()
+        app[NONSTREAM_DEADLINES].close()
         if emulator is not None:
             await emulator.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .config import Config
+from .deadline import Deadlines
 from .dialects import Dialect
 from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
@@ -13,7 +14,8 @@ from .models_cache import ModelsCache
 from .operator import Operator
 from .upstream import UpstreamClient
 
-__all__ = ["CONFIG", "DIALECT", "GATE", "LIFECYCLE", "METRICS", "MODELS", "OPERATOR", "POOL_MODELS", "UPSTREAM"]
+__all__ = ["CONFIG", "DIALECT", "GATE", "LIFECYCLE", "METRICS", "MODELS", "NONSTREAM_DEADLINES", "OPERATOR", "POOL_MODELS",
+           "UPSTREAM"]
 
 CONFIG = web.AppKey("config", Config)
 DIALECT = web.AppKey("dialect", Dialect)
@@ -25,3 +27,5 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 OPERATOR = web.AppKey("operator", Operator)
 #: operator mode: one model list for the whole token pool (one upstream call per TTL).
 POOL_MODELS = web.AppKey("pool_models", ModelsCache)
+#: --nonstream-deadline for every non-stream request, on one ticker.
+NONSTREAM_DEADLINES = web.AppKey("nonstream_deadlines", Deadlines)

@@ -11,11 +11,10 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from ..deadline import Deadline
 from ..dialects import ChatOptions, Completion, Dialect
 from ..errors import RelayError, UpstreamProtocolError, UpstreamTimeout
 from ..jsonio import dumps
-from ..keys import CONFIG, DIALECT, GATE, METRICS, OPERATOR, UPSTREAM
+from ..keys import CONFIG, DIALECT, GATE, METRICS, NONSTREAM_DEADLINES, OPERATOR, UPSTREAM
 from ..middleware import INFO, RequestInfo
 from ..openai_wire import (
     ChatRequest,
@@ -79,8 +78,8 @@ async def _answer(request: web.Request, info: RequestInfo, caller: Caller, plan:
     if chat.stream:
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
         return await _gated(request, caller, partial(_exchange_stream, request, info, plan, options))
-    deadline_s = app[CONFIG].timeouts.nonstream_deadline_s
-    deadline = Deadline(deadline_s)
+    deadlines = app[NONSTREAM_DEADLINES]
+    deadline = deadlines.start()
     try:
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
         exchange = partial(_exchange_completion, request, info, chat, options)
@@ -94,7 +93,7 @@ async def _answer(request: web.Request, info: RequestInfo, caller: Caller, plan:
                 raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
     except asyncio.CancelledError:
         if deadline.expired():
-            raise UpstreamTimeout(f"No complete answer within {deadline_s:g} s (--nonstream-deadline).",
+            raise UpstreamTimeout(f"No complete answer within {deadlines.delay_s:g} s (--nonstream-deadline).",
                                   code="nonstream_deadline") from None
         raise
     finally:

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 import brotli
 import httptools
 
+from ..deadline import tick_for
+
 __all__ = [
     "ConnectError",
     "ConnectTimeout",
@@ -74,16 +76,6 @@ class ProtocolViolation(Http1Error):
 
 #: what the ticker hands a waiting reader when its ``silence_s`` passed without bytes.
 _SILENCE = object()
-#: the ticker's bounds: often enough for a short test timeout, at most once a second.
-_MIN_TICK_S = 0.005
-_MAX_TICK_S = 1.0
-
-
-def _tick_for(deadline_s: float) -> float:
-    """The tick that sees a deadline ``deadline_s`` away at most a quarter of it late."""
-    return min(_MAX_TICK_S, max(_MIN_TICK_S, deadline_s / 4))
-
-
 class _Decoder(Protocol):
     def decompress(self, data: bytes) -> bytes: ...
 
@@ -464,7 +456,7 @@ class Http1Pool:
         #: busy connections whose deadlines the ticker checks.
         self._watched: set[_Connection] = set()
         self._ticker: asyncio.TimerHandle | None = None
-        self._tick_s = _tick_for(read_timeout_s)
+        self._tick_s = tick_for(read_timeout_s)
 
     @property
     def connections(self) -> int:
@@ -571,7 +563,7 @@ class Http1Pool:
 
     def tick_within(self, interval_s: float) -> None:
         """Tick often enough that a deadline ``interval_s`` away is seen on time (within a quarter)."""
-        tick_s = _tick_for(interval_s)
+        tick_s = tick_for(interval_s)
         if tick_s < self._tick_s:
             self._tick_s = tick_s
             if self._ticker is not None:
