@@ -21,6 +21,8 @@ import time
 from contextvars import ContextVar
 from typing import Any, TextIO
 
+import orjson
+
 __all__ = ["BatchingStreamHandler", "DeferredLog", "JsonFormatter", "redact", "request_id_var", "setup_logging"]
 
 request_id_var: ContextVar[str | None] = ContextVar("relay_request_id", default=None)
@@ -56,14 +58,27 @@ def _second(epoch_s: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
 
 
-#: one encoder for every line: json.dumps with options builds a new JSONEncoder per call.
+def _timestamp(created: float) -> str:
+    return f"{_second(int(created))}.{int((created - int(created)) * 1000):03d}Z"
+
+
+#: for what orjson refuses (an unpaired surrogate): json.dumps with options builds an encoder per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+def _line(entry: dict[str, Any]) -> str:
+    """One log line, secrets masked: orjson (~6x the stdlib here), the stdlib where orjson refuses."""
+    try:
+        text = orjson.dumps(entry, default=str).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        text = _ENCODER.encode(entry)
+    return redact(text)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": f"{_second(int(record.created))}.{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -76,7 +91,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact(_ENCODER.encode(entry))
+        return _line(entry)
 
 
 class DeferredLog:
@@ -85,7 +100,10 @@ class DeferredLog:
     Why: the access line was the costliest part of a cached request. Handled
     between two requests, the logging code (record, handlers, JSON) runs cold
     every time: ~20 µs a line. Handled back to back once per loop iteration it
-    costs about half, and the request itself only stores its fields.
+    costs about half, and the request itself only stores its fields. Under the
+    relay's own handler (``_plain_json_handler``) the batch skips the LogRecords
+    and the handler chain too: the access log's live cost per request went from
+    ~18 to ~9 CPU-µs (cached ``/v1/models``, ``--log-level info``).
 
     What a line needs from the request is captured by ``add``: the time, and
     the request id as the first field (where the formatter would put it). The
@@ -113,11 +131,41 @@ class DeferredLog:
         """Handle every pending record now, in order."""
         pending, self._pending = self._pending, []
         logger = self._logger
+        handler = _plain_json_handler(logger)
+        if handler is not None:
+            # The relay's own setup: the lines the handler would format, without a
+            # LogRecord and the handler chain per line (half of an access line's cost).
+            name, event = logger.name, self._event
+            handler.add_lines([_line({"ts": _timestamp(created), "level": "info", "logger": name, "event": event,
+                                      **fields}) for created, fields in pending])
+            return
         for created, fields in pending:
             record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, self._event, (), None,
                                        None, {"fields": fields})
             record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
             logger.handle(record)
+
+
+def _plain_json_handler(logger: logging.Logger) -> BatchingStreamHandler | None:
+    """The one handler an INFO line of ``logger`` reaches, if that is a plain JSON ``BatchingStreamHandler``.
+
+    None whenever anything else could see the line (a filter, a second handler
+    such as pytest's caplog, another formatter): then the records go the usual way.
+    """
+    if logger.disabled or logger.filters or not logger.isEnabledFor(logging.INFO):
+        return None
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        found.extend(current.handlers)
+        current = current.parent if current.propagate else None
+    if len(found) != 1:
+        return None
+    handler = found[0]
+    if (type(handler) is not BatchingStreamHandler or type(handler.formatter) is not JsonFormatter
+            or handler.filters or handler.level > logging.INFO):
+        return None
+    return handler
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -151,6 +199,15 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         if record.name != self._batched_logger or record.levelno >= logging.WARNING or not self._flush_soon():
             self.flush()
+
+    def add_lines(self, lines: list[str]) -> None:
+        """Write lines formatted already (``DeferredLog``'s batch, at the end of its iteration) at once."""
+        self.acquire()
+        try:
+            self._pending.extend(lines)
+        finally:
+            self.release()
+        self.flush()
 
     def _flush_soon(self) -> bool:
         """End this loop iteration with a flush; False when no loop can be trusted to."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from relay import logs as logs_module
 from relay.logs import BatchingStreamHandler, DeferredLog, JsonFormatter, redact, request_id_var
 
 # A Qwen Chat token is a JWT; the second canary has no JWT shape, so only the
@@ -293,3 +294,28 @@ def test_batching_handler_without_a_loop_writes_each_line(batching: tuple[loggin
     logger.debug("two")
     assert [e["event"] for e in lines_of(stream)] == ["one", "two"]
     assert stream.writes == 2
+
+
+async def test_deferred_lines_skip_the_record_path_and_write_the_same_json(request: pytest.FixtureRequest) -> None:
+    """Under the relay's own handler the access lines are rendered without LogRecords;
+    they must read exactly as the record path writes them: masked, non-ASCII, odd text."""
+    fields = {"request_id": "one", "status": 200, "model": "通义 é", "note": f"Bearer {PLAIN_CANARY}",
+              "odd": "\ud800", "stream": False, "error_code": None}
+    fast_stream, slow_stream = io.StringIO(), io.StringIO()
+    fast_name, slow_name = f"relay.test.{request.node.name}.fast", f"relay.test.{request.node.name}.slow"
+    with logger_into(fast_name, BatchingStreamHandler(fast_stream, batched_logger=fast_name)) as fast_logger:
+        assert logs_module._plain_json_handler(fast_logger) is not None  # the path under test is taken
+        DeferredLog(fast_logger, "request").add(dict(fields))
+        await asyncio.sleep(0)
+    with logger_into(slow_name, logging.StreamHandler(slow_stream)) as slow_logger:
+        assert logs_module._plain_json_handler(slow_logger) is None
+        DeferredLog(slow_logger, "request").add(dict(fields))
+        await asyncio.sleep(0)
+    fast, = lines_of(fast_stream)
+    slow, = lines_of(slow_stream)
+    assert PLAIN_CANARY not in fast_stream.getvalue()
+    assert list(fast) == list(slow)  # same fields, same order
+    for entry in (fast, slow):
+        del entry["ts"], entry["logger"]
+    assert fast == slow
+    assert fast["model"] == "通义 é" and fast["odd"] == "\ud800"
