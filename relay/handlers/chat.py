@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from ..config import Config
 from ..dialects import ChatOptions, Completion, Dialect
 from ..errors import RelayError, UpstreamProtocolError, UpstreamTimeout
 from ..jsonio import dumps
@@ -68,16 +69,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     plan = plan_tools(parse_chat_request(parse_json_body(await read_body(request))))
     chat = plan.request
     info.model, info.stream = chat.model, chat.stream
-    async with caller.admit(chat.model, request.app[OPERATOR].state):  # a relay key's model, rpm, concurrency
-        return await _answer(request, info, caller, plan)
+    app = request.app
+    async with caller.admit(chat.model, app[OPERATOR].state):  # a relay key's model, rpm, concurrency
+        if not chat.stream:
+            return await _complete(request, info, caller, plan)
+        # A stream's frames live as long as it does: no frame between this one and _stream's.
+        options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
+        return await _gated(request, caller, partial(_stream, request, info, plan, options))
 
 
-async def _answer(request: web.Request, info: RequestInfo, caller: Caller, plan: ToolPlan) -> web.StreamResponse:
+async def _complete(request: web.Request, info: RequestInfo, caller: Caller, plan: ToolPlan) -> web.Response:
+    """The non-stream answer, all of it within --nonstream-deadline."""
     chat = plan.request
     app = request.app
-    if chat.stream:
-        options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
-        return await _gated(request, caller, partial(_exchange_stream, request, info, plan, options))
     deadlines = app[NONSTREAM_DEADLINES]
     deadline = deadlines.start()
     try:
@@ -123,35 +127,6 @@ async def _gated(request: web.Request, caller: Caller, exchange: Callable[[str],
         return await with_upstream_token(app[OPERATOR], caller, exchange)
     finally:
         gate.leave()
-
-
-async def _exchange_stream(request: web.Request, info: RequestInfo, plan: ToolPlan, options: ChatOptions,
-                           token: str) -> web.StreamResponse:
-    """Send the request and relay the stream; on the way out, record metrics and stop an abandoned upstream.
-
-    Pool mode may run this again on another token after a 401/403/429: safe,
-    because an error leaves here only while the response is unprepared
-    (``_write_stream`` turns later errors into SSE error events).
-    """
-    app = request.app
-    client, dialect = app[UPSTREAM], app[DIALECT]
-    call = await dialect.prepare(plan.request, options, partial(client.post_json, token=token))
-    async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
-        call = replace(call, body={})  # sent: the prompt need not live as long as the stream
-        info.upstream_attempts = upstream.attempts
-        stats = StreamStats()
-        started = time.perf_counter()
-        try:
-            return await _write_stream(request, info, upstream, dialect, plan, stats, options.thinking is False)
-        finally:
-            metrics = app[METRICS]
-            metrics.stream_duration.observe(time.perf_counter() - started)
-            metrics.divergences += stats.divergences
-            metrics.garbage_events += stats.garbage
-            metrics.client_disconnects += info.client_gone
-            stop = dialect.stop_call(call, stats.response_id) if info.client_gone and stats.response_id else None
-            if stop is not None:
-                client.post_in_background(stop.path, stop.body, token=token, event="upstream_stopped")
 
 
 async def _exchange_completion(request: web.Request, info: RequestInfo, chat: ChatRequest,
@@ -200,18 +175,85 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
     return Completion(answer.content, answer.reasoning, answer.finish_reason or "stop", answer.usage)
 
 
-async def _write_stream(request: web.Request, info: RequestInfo, upstream: UpstreamResponse,
-                        dialect: Dialect, plan: ToolPlan, stats: StreamStats,
-                        no_reasoning: bool) -> web.StreamResponse:
-    """Peek the first frame (errors so far still get a JSON status), then stream."""
-    config = request.app[CONFIG]
+async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, options: ChatOptions,
+                  token: str) -> web.StreamResponse:
+    """Send the request and relay the stream; on the way out, record metrics and stop an abandoned upstream.
+
+    Pool mode may run this again on another token after a 401/403/429: safe,
+    because an error leaves here only while the response is unprepared (later
+    errors become SSE error events). One coroutine from the upstream call to the
+    last write: each frame more would live, and weigh, as long as the stream.
+    """
+    app = request.app
+    client, dialect, config = app[UPSTREAM], app[DIALECT], app[CONFIG]
     chat = plan.request
-    if upstream.content_type == "application/json":
-        # An error body with a 2xx status, where a stream was expected.
-        dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
-        raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
-    response = web.StreamResponse(headers=SSE_HEADERS)
-    output = _Coalescer(request, response, stats)
+    call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
+    async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
+        call = replace(call, body={})  # sent: the prompt need not live as long as the stream
+        info.upstream_attempts = upstream.attempts
+        stats = StreamStats()
+        started = time.perf_counter()
+        try:
+            if upstream.content_type == "application/json":
+                # An error body with a 2xx status, where a stream was expected.
+                dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
+                raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
+            response = web.StreamResponse(headers=SSE_HEADERS)
+            output = _Coalescer(request, response, stats)
+            frames = _client_frames(upstream, dialect, plan, stats, output, config, options.thinking is False)
+            try:
+                rest: AsyncIterator[Frame] = frames
+                try:
+                    first = await _first_substantial(frames)  # errors so far still get a JSON status
+                except RelayError as exc:
+                    if not response.prepared:
+                        raise  # nothing sent yet: relay_route answers with the right status
+                    first, rest = None, _raising(exc)  # a keep-alive already committed the 200
+                except ConnectionResetError:
+                    info.client_gone = True
+                    return response
+                if not response.prepared and (first is None or _ends_empty(first)):
+                    raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
+                if not response.prepared:
+                    await response.prepare(request)
+                # Committed: no retry can resend the prompt now, so it need not live as long as the stream.
+                usage_estimate = partial(usage_for_chars, prompt_chars(chat.messages))
+                chat.release_prompt()
+                encoder = SseEncoder(completion_id=new_completion_id(), created=now(), model=chat.model,
+                                     include_usage=chat.include_usage, stats=stats)
+                chunks = encode_sse(rest, encoder, usage_estimate, first)
+                first = None  # the encoder has it
+                try:
+                    async for data in chunks:
+                        await output.add(data)
+                        del data  # not held while the next chunk is awaited
+                    await output.flush()
+                    await response.write_eof()
+                except (ConnectionResetError, asyncio.CancelledError) as exc:
+                    info.client_gone = True
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    return response
+                finally:
+                    await close_source(chunks)
+            finally:
+                await close_source(frames)
+            return response
+        finally:
+            info.bytes_out = stats.bytes_out
+            metrics = app[METRICS]
+            metrics.stream_duration.observe(time.perf_counter() - started)
+            metrics.divergences += stats.divergences
+            metrics.garbage_events += stats.garbage
+            metrics.client_disconnects += info.client_gone
+            stop = dialect.stop_call(call, stats.response_id) if info.client_gone and stats.response_id else None
+            if stop is not None:
+                client.post_in_background(stop.path, stop.body, token=token, event="upstream_stopped")
+
+
+def _client_frames(upstream: UpstreamResponse, dialect: Dialect, plan: ToolPlan, stats: StreamStats,
+                   output: _Coalescer, config: Config, no_reasoning: bool) -> AsyncIterator[Frame]:
+    """The stage chain from upstream bytes to the frames the client gets."""
     body = upstream.iter_bytes(output.keep_alive, config.timeouts.keepalive_s, output.flush)
     payloads = upstream_payloads(body, config.limits.max_line_bytes, stats)
     frames = dialect.stream_frames(payloads, stats)
@@ -223,46 +265,7 @@ async def _write_stream(request: web.Request, info: RequestInfo, upstream: Upstr
         frames = drop_reasoning(frames)
     elif config.reasoning_in_content:
         frames = reasoning_as_content(frames)
-    try:
-        rest: AsyncIterator[Frame] = frames
-        try:
-            first = await _first_substantial(frames)
-        except RelayError as exc:
-            if not response.prepared:
-                raise  # nothing sent yet: the middleware answers with the right status
-            first, rest = None, _raising(exc)  # a keep-alive already committed the 200
-        except ConnectionResetError:
-            info.client_gone = True
-            return response
-        if not response.prepared and (first is None or _ends_empty(first)):
-            raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
-        if not response.prepared:
-            await response.prepare(request)
-        # Committed: no retry can resend the prompt now, so it need not live as long as the stream.
-        usage_estimate = partial(usage_for_chars, prompt_chars(chat.messages))
-        chat.release_prompt()
-        encoder = SseEncoder(completion_id=new_completion_id(), created=now(), model=chat.model,
-                             include_usage=chat.include_usage, stats=stats)
-        chunks = encode_sse(rest, encoder, usage_estimate, first)
-        first = None  # the encoder has it
-        try:
-            async for data in chunks:
-                await output.add(data)
-                del data  # not held while the next chunk is awaited
-            await output.flush()
-            await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError) as exc:
-            info.client_gone = True
-            info.bytes_out = stats.bytes_out
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return response
-        finally:
-            await close_source(chunks)
-    finally:
-        await close_source(frames)
-    info.bytes_out = stats.bytes_out
-    return response
+    return frames
 
 
 class _Coalescer:

@@ -1,8 +1,8 @@
 """The streaming pipeline: composable async-generator stages, one job each.
 
-    upstream bytes ─ parse_events ─ decode_json ─ dialect.stream_frames ─┐
-                     (lines, SSE,   (JSON, stop   (normalise; qwen-v1:    │
-                      line limit)    at [DONE])    deaccumulate)           │
+    upstream bytes ─ parse_payloads ───────── dialect.stream_frames ────┐
+                     (lines, SSE, line limit;  (normalise; qwen-v1:       │
+                      JSON, stop at [DONE])     deaccumulate)             │
       ┌────────────────────────────────────────────────────────────────────┘
       └─ extract_tool_calls ─────────── encode_sse ─────────── client
          (when tools were sent:         (OpenAI chunks, error
@@ -35,7 +35,7 @@ from .aggregate import Aggregate, aggregate
 from .deaccumulate import deaccumulate
 from .encode import SseEncoder, encode_sse
 from .frames import Frame, StreamStats, ToolCall
-from .parse import decode_json, parse_events
+from .parse import parse_payloads
 from .toolcalls import ToolCallParser, ToolSpec, extract_tool_calls, tool_calls_json, tool_specs
 
 __all__ = [
@@ -49,10 +49,9 @@ __all__ = [
     "aggregate",
     "close_source",
     "deaccumulate",
-    "decode_json",
     "encode_sse",
     "extract_tool_calls",
-    "parse_events",
+    "parse_payloads",
     "tool_calls_json",
     "tool_specs",
     "upstream_payloads",
@@ -62,4 +61,4 @@ __all__ = [
 def upstream_payloads(body: AsyncIterable[bytes], max_line_bytes: int,
                       stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
     """The dialect-independent front of the chain: bytes → JSON payloads."""
-    return decode_json(parse_events(body, max_line_bytes, stats), stats)
+    return parse_payloads(body, max_line_bytes, stats)

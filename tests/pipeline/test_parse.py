@@ -1,4 +1,4 @@
-"""Stages 1–2 (relay/pipeline/parse.py): upstream bytes → SSE events → JSON objects.
+"""Stage 1 (relay/pipeline/parse.py): upstream bytes → SSE events → JSON objects.
 
 Garbage never crashes a stream (QWEN_PROTOCOL §6 item 7), the line limit
 becomes a reportable RelayError, and every stage closes its source however it
@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from relay.errors import RelayError, StreamLimitExceeded
-from relay.pipeline import StreamStats, decode_json, parse_events, upstream_payloads
-from relay.sse import SseEvent
+from relay.pipeline import StreamStats, parse_payloads, upstream_payloads
 
 LIMIT = 1 << 20
 
@@ -45,20 +44,19 @@ async def payloads(*chunks: bytes, stats: StreamStats | None = None) -> list[dic
     return await collect(upstream_payloads(Source(*chunks).gen(), LIMIT, stats or StreamStats()))
 
 
-async def test_parse_events_yields_events_and_counts_comments() -> None:
-    """Events come out in order; keep-alive comments land in stats.comments."""
+async def test_events_come_out_in_order_and_comments_are_counted() -> None:
+    """Payloads come out in order, across reads; keep-alive comments land in stats.comments."""
     stats = StreamStats()
-    source = Source(b": ping\n\ndata: a\n", b"\ndata: b\n\n: ping\n")
-    events = await collect(parse_events(source.gen(), LIMIT, stats))
-    assert events == [SseEvent("a"), SseEvent("b")]
+    source = Source(b': ping\n\ndata: {"a":1}\n', b'\ndata: {"b":2}\n\n: ping\n')
+    got = await collect(parse_payloads(source.gen(), LIMIT, stats))
+    assert got == [{"a": 1}, {"b": 2}]
     assert stats.comments == 2
     assert source.closed
 
 
-async def test_parse_events_flushes_last_event_without_blank_line() -> None:
+async def test_the_last_event_without_a_blank_line_is_not_lost() -> None:
     """An upstream closing right after its last data line loses nothing."""
-    events = await collect(parse_events(Source(b'data: {"x":1}').gen(), LIMIT, StreamStats()))
-    assert events == [SseEvent('{"x":1}')]
+    assert await payloads(b'data: {"x":1}') == [{"x": 1}]
 
 
 async def test_decode_json_yields_objects_and_counts_events() -> None:
@@ -107,7 +105,7 @@ async def test_done_stops_the_stream_and_closes_the_source(done: bytes) -> None:
     (not left for garbage collection), even though it had more to send."""
     source = Source(b'data: {"a":1}\n\n', done, b'data: {"after":1}\n\n', b"never read")
     stats = StreamStats()
-    got = await collect(decode_json(parse_events(source.gen(), LIMIT, stats), stats))
+    got = await collect(parse_payloads(source.gen(), LIMIT, stats))
     assert got == [{"a": 1}]
     assert source.closed
     assert source.sent == 2
@@ -118,7 +116,7 @@ async def test_oversized_line_raises_stream_limit_exceeded_and_closes_source() -
     encoder reports), and the source is closed."""
     source = Source(b"data: ok\n\n", b"data: " + b"x" * 2000)
     with pytest.raises(StreamLimitExceeded) as info:
-        await collect(parse_events(source.gen(), 1024, StreamStats()))
+        await collect(parse_payloads(source.gen(), 1024, StreamStats()))
     assert isinstance(info.value, RelayError)
     assert info.value.envelope()["error"]["code"] == "upstream_line_too_long"
     assert info.value.http_status == 502
@@ -132,17 +130,19 @@ async def test_events_before_an_oversized_line_in_the_same_read_are_yielded_firs
     stats = StreamStats()
     got: list[dict[str, Any]] = []
     with pytest.raises(StreamLimitExceeded):
-        async for payload in decode_json(parse_events(source.gen(), 1024, stats), stats):
+        async for payload in parse_payloads(source.gen(), 1024, stats):
             got.append(payload)
     assert got == [{"a": 1}]
     assert source.closed
 
 
-async def test_line_at_limit_is_accepted_by_parse_events() -> None:
+async def test_line_at_limit_is_accepted() -> None:
     """--max-line-bytes is inclusive: a line of exactly that many bytes passes."""
-    line = b"data: " + b"y" * (1024 - 6)
-    events = await collect(parse_events(Source(line + b"\n\n").gen(), 1024, StreamStats()))
-    assert events == [SseEvent("y" * 1018)]
+    text = "y" * (1024 - len(b'data: {"v":""}'))
+    line = b'data: {"v":"' + text.encode() + b'"}'
+    assert len(line) == 1024
+    got = await collect(parse_payloads(Source(line + b"\n\n").gen(), 1024, StreamStats()))
+    assert got == [{"v": text}]
 
 
 async def test_closing_the_last_stage_early_closes_the_whole_chain() -> None:
@@ -150,7 +150,7 @@ async def test_closing_the_last_stage_early_closes_the_whole_chain() -> None:
     the byte source too."""
     source = Source(b'data: {"a":1}\n\n', b'data: {"b":2}\n\n', b'data: {"c":3}\n\n')
     stats = StreamStats()
-    stream = decode_json(parse_events(source.gen(), LIMIT, stats), stats)
+    stream = parse_payloads(source.gen(), LIMIT, stats)
     assert await anext(stream) == {"a": 1}
     assert isinstance(stream, AsyncGenerator)
     await stream.aclose()
@@ -159,7 +159,7 @@ async def test_closing_the_last_stage_early_closes_the_whole_chain() -> None:
 
 
 async def test_error_raised_by_source_propagates_and_stage_closes() -> None:
-    """An exception from the byte source passes through both stages unchanged."""
+    """An exception from the byte source passes through the stage unchanged."""
     closed: list[str] = []
 
     async def failing() -> AsyncIterator[bytes]:
@@ -172,7 +172,7 @@ async def test_error_raised_by_source_propagates_and_stage_closes() -> None:
     stats = StreamStats()
     got: list[dict[str, Any]] = []
     with pytest.raises(ConnectionResetError):
-        async for payload in decode_json(parse_events(failing(), LIMIT, stats), stats):
+        async for payload in parse_payloads(failing(), LIMIT, stats):
             got.append(payload)
     assert got == [{"a": 1}]
     assert closed == ["source"]
@@ -188,9 +188,9 @@ async def test_too_long_line_is_reported_without_waiting_for_another_read() -> N
         await silence.wait()  # never set: an upstream that stalls after the long line
         yield b"\n\n"
 
-    events = parse_events(source(), 1024, StreamStats())
+    events = parse_payloads(source(), 1024, StreamStats())
     first = await anext(events)
-    assert first == SseEvent('{"a": 1}')
+    assert first == {"a": 1}
     async with asyncio.timeout(1):
         with pytest.raises(StreamLimitExceeded):
             await anext(events)
