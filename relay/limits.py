@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from types import TracebackType
 from typing import NoReturn
 
 from .errors import Overloaded
 
-__all__ = ["RETRY_AFTER_FULL_S", "ConcurrencyGate"]
+__all__ = ["RETRY_AFTER_FULL_S", "ConcurrencyGate", "GateSlot"]
 
 #: a relay-side 429 clears as soon as one stream ends; 1 s keeps SDK backoff short.
 RETRY_AFTER_FULL_S = 1
@@ -75,6 +76,10 @@ class ConcurrencyGate:
             if waiter in self._waiters:  # timed out or cancelled (a waiter handed a slot is gone)
                 self._waiters.remove(waiter)
 
+    def slot(self, wait_s: float) -> GateSlot:
+        """``async with gate.slot(wait_s):`` hold a slot for the block (``enter``, then ``leave``)."""
+        return GateSlot(self, wait_s)
+
     def leave(self) -> None:
         """Give the slot back: to the first waiter in line, else to the pool."""
         while self._waiters:
@@ -93,3 +98,22 @@ class ConcurrencyGate:
             "(--max-concurrency); retry shortly.",
             retry_after_s=RETRY_AFTER_FULL_S,
         )
+
+
+class GateSlot:
+    """What ``async with gate.slot(...)`` runs: a class, so a stream that holds the
+    slot for its whole life keeps no suspended coroutine frame for it."""
+
+    __slots__ = ("_gate", "_wait_s")
+
+    def __init__(self, gate: ConcurrencyGate, wait_s: float) -> None:
+        self._gate = gate
+        self._wait_s = wait_s
+
+    async def __aenter__(self) -> None:
+        if not self._gate.try_enter():
+            await self._gate.enter(self._wait_s)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self._gate.leave()

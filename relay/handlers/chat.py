@@ -75,7 +75,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             return await _complete(request, info, caller, plan)
         # A stream's frames live as long as it does: no frame between this one and _stream's.
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
-        return await _gated(request, caller, partial(_stream, request, info, plan, options))
+        async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
+            return await _with_token(app, caller, partial(_stream, request, info, plan, options))
 
 
 async def _complete(request: web.Request, info: RequestInfo, caller: Caller, plan: ToolPlan) -> web.Response:
@@ -116,17 +117,17 @@ def _split_calls(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
 
 
 async def _gated(request: web.Request, caller: Caller, exchange: Callable[[str], Awaitable[T]]) -> T:
-    """Run ``exchange(token)`` holding a concurrency slot, with the caller's token or the pool's."""
+    """Run ``exchange(token)`` holding a concurrency slot."""
     app = request.app
-    gate = app[GATE]
-    if not gate.try_enter():
-        await gate.enter(app[CONFIG].timeouts.queue_s)
-    try:
-        if caller.token is not None:  # passthrough: one token, no pool to turn to
-            return await exchange(caller.token)
-        return await with_upstream_token(app[OPERATOR], caller, exchange)
-    finally:
-        gate.leave()
+    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
+        return await _with_token(app, caller, exchange)
+
+
+def _with_token(app: web.Application, caller: Caller, exchange: Callable[[str], Awaitable[T]]) -> Awaitable[T]:
+    """``exchange`` with the caller's token (passthrough), or with the pool's: a call, not one more frame."""
+    if caller.token is not None:
+        return exchange(caller.token)
+    return with_upstream_token(app[OPERATOR], caller, exchange)
 
 
 async def _exchange_completion(request: web.Request, info: RequestInfo, chat: ChatRequest,
