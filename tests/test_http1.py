@@ -601,6 +601,28 @@ async def test_read_with_silence_returns_none_then_later_bytes(harness: Harness)
     assert await bounded(response.read(silence_s=0.05)) == b""
 
 
+async def test_wait_is_a_future_done_by_bytes_silence_the_end_or_an_error(harness: Harness) -> None:
+    """``wait`` (what a stream waits on between events, with no coroutine frame):
+    done with False when there is something for ``read_nowait``, True on silence."""
+    _server, _pool, pending, peer = await opened(harness)
+    peer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    response = await bounded(pending)
+    waiter = response.wait(silence_s=0.05)
+    assert isinstance(waiter, asyncio.Future)
+    assert await bounded(waiter) is True  # silence: nothing to take
+    assert response.read_nowait() == b""
+    waiter = response.wait(silence_s=WAIT_S * 2)
+    peer.write(b"hello")
+    assert await bounded(waiter) is False  # at once, not after the long silence_s
+    assert response.read_nowait() == b"hello"
+    waiter = response.wait()  # no silence_s: only bytes, the end or an error end it
+    assert not waiter.done()
+    peer.write(b"world")
+    assert await bounded(waiter) is False
+    assert response.read_nowait() == b"world" and response.at_eof
+    assert response.wait().done()  # complete: never waits again
+
+
 async def test_paused_reading_holds_the_read_timeout_until_the_consumer_reads(harness: Harness) -> None:
     """A consumer that stops reading pauses the socket at the high-water mark; the
     upstream's stalled writes are backpressure, not silence, so no ReadTimeout fires

@@ -133,15 +133,8 @@ class UpstreamResponse:
                     return
                 if before_wait is not None:
                     await before_wait()
-                received = await response.read(wait_s)
-                if received is None:
-                    if on_silence is not None:
-                        await on_silence()
-                    continue
-                if not received:
-                    return
-                yield received
-                del received  # not held while the next read waits
+                if await response.wait(wait_s) and on_silence is not None:
+                    await on_silence()
         except Http1Error as exc:
             raise self._mapped(exc) from exc
 

@@ -75,7 +75,6 @@ class ProtocolViolation(Http1Error):
 
 
 #: what the ticker hands a waiting reader when its ``silence_s`` passed without bytes.
-_SILENCE = object()
 class _Decoder(Protocol):
     def decompress(self, data: bytes) -> bytes: ...
 
@@ -142,6 +141,15 @@ class Http1Response:
         """
         return self._conn.read(silence_s)
 
+    def wait(self, silence_s: float | None = None) -> asyncio.Future[bool]:
+        """Done when bytes, the end or an error arrive (then ``read_nowait`` tells which),
+        or with True after ``silence_s`` without any.
+
+        A future, not a coroutine: a stream waits here between events for most of
+        its life, and a suspended coroutine frame would weigh on every open stream.
+        """
+        return self._conn.wait(silence_s)
+
     def close(self) -> None:
         self._conn.finish(self)
 
@@ -182,7 +190,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._header_pairs: list[tuple[bytes, bytes]] = []
         self._head_waiter: asyncio.Future[Http1Response] | None = None
-        self._waiter: asyncio.Future[object] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self._response: Http1Response | None = None
         self._chunks: list[bytes] = []
         self.buffered = 0
@@ -339,17 +347,22 @@ class _Connection(asyncio.Protocol):
                 return data
             if response is not None and response.complete:
                 return b""
-            if silence_s is not None:
-                self._silence_due = self._loop.time() + silence_s
-                self._pool.tick_within(silence_s)
-            waiter = self._waiter = self._loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-                self._silence_due = None
-            if waiter.result() is _SILENCE:
+            if await self.wait(silence_s):
                 return None
+
+    def wait(self, silence_s: float | None) -> asyncio.Future[bool]:
+        """See ``Http1Response.wait``; done at once if there is something to take."""
+        waiter: asyncio.Future[bool] = self._loop.create_future()
+        if self._chunks or self._error is not None or (self._response is not None and self._response.complete):
+            waiter.set_result(False)
+            return waiter
+        self._waiter = waiter
+        if silence_s is not None:
+            self._silence_due = self._loop.time() + silence_s
+            self._pool.tick_within(silence_s)
+        else:
+            self._silence_due = None
+        return waiter
 
     def fail(self, error: BaseException) -> None:
         """End the exchange with ``error`` (the readers raise it) and drop the socket."""
@@ -397,10 +410,13 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.abort()  # unread bytes or a half exchange: never reuse
 
-    def _wake(self, value: object = None) -> None:
+    def _wake(self, silent: bool = False) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(value)
+        if waiter is not None:
+            self._waiter = None
+            self._silence_due = None
+            if not waiter.done():  # a reader cancelled while waiting leaves its future behind
+                waiter.set_result(silent)
 
     # -- deadlines, checked by the pool's one ticker ----------------------
 
@@ -416,7 +432,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._silence_due is not None and now >= self._silence_due:
             self._silence_due = None  # the reader is still waiting (bytes would have woken it)
-            self._wake(_SILENCE)
+            self._wake(silent=True)
 
 
 class Http1Pool:
