@@ -34,6 +34,7 @@ from .errors import Draining
 from .keys import GATE, LIFECYCLE, OPERATOR, UPSTREAM
 from .logs import setup_logging
 from .operator import Reload
+from .pipeline import untrack_stages
 from .systemd import notify
 
 #: objects allocated (net) before the youngest generation is collected (CPython's default: 700).
@@ -69,6 +70,7 @@ async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None
     A worker of ``--workers`` serves the supervisor's ``sock`` and reports to
     ``on_ready`` instead of systemd (the supervisor sends READY=1 for all of them).
     """
+    untrack_stages()  # the loop runs now: its async-generator hooks are in place
     app = make_app(config)
     if reload is not None and hasattr(signal, "SIGHUP"):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_operator, app, reload)

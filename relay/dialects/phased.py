@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from ..openai_wire import usage_from_upstream
-from ..pipeline import close_source
+from ..pipeline import close_source, stage
 from ..pipeline.frames import Frame, StreamStats
 from .common import first_choice, length_or_raise, sources_text
 
@@ -67,6 +67,7 @@ def _search_results(delta: dict[str, Any]) -> list[dict[str, Any]]:
     return [item for item in info if isinstance(item, dict)] if isinstance(info, list) else []
 
 
+@stage
 async def phase_frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -> AsyncIterator[Frame]:
     """Normalise phase-tagged incremental payloads into frames."""
     summary = SummaryText()

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import UpstreamProtocolError
 from ..openai_wire import ChatRequest, usage_from_upstream
-from ..pipeline import close_source
+from ..pipeline import close_source, stage
 from ..pipeline.deaccumulate import deaccumulate
 from ..pipeline.frames import Frame, StreamStats
 from ..pipeline.think import ThinkSplitter, split_think
@@ -113,6 +113,7 @@ def base_body(request: ChatRequest, options: ChatOptions) -> dict[str, Any]:
     return body
 
 
+@stage
 async def _frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -> AsyncIterator[Frame]:
     """Normalise v1 payloads; ``content`` stays cumulative for ``deaccumulate``."""
     try:
@@ -160,6 +161,7 @@ def _frame(payload: dict[str, Any], stats: StreamStats) -> Frame | None:
     )
 
 
+@stage
 async def _append_sources(frames: AsyncIterable[Frame], stats: StreamStats) -> AsyncIterator[Frame]:
     """After the answer, the web-search sources as a short list (never lost)."""
     try:

@@ -36,6 +36,7 @@ from ..pipeline import (
     aggregate,
     close_source,
     encode_sse,
+    stage,
     upstream_payloads,
 )
 from ..pipeline.think import THINK_CLOSE, THINK_OPEN, drop_reasoning, reasoning_as_content
@@ -337,6 +338,7 @@ def _ends_empty(frame: Frame) -> bool:
             and not frame.tool_calls)
 
 
+@stage
 async def _require_tool_call(frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
     """tool_choice required a call: a stream that ends without one ends with an error event.
 
@@ -355,6 +357,7 @@ async def _require_tool_call(frames: AsyncIterator[Frame]) -> AsyncIterator[Fram
         raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
 
 
+@stage
 async def _raising(error: RelayError) -> AsyncIterator[Frame]:
     """A frame source that fails at once, so ``encode_sse`` renders the error event."""
     raise error

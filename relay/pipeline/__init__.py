@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from ._util import close_source
+from ._util import close_source, stage, untrack_stages
 from .aggregate import Aggregate, aggregate
 from .deaccumulate import deaccumulate
 from .encode import SseEncoder, encode_sse
@@ -52,8 +52,10 @@ __all__ = [
     "encode_sse",
     "extract_tool_calls",
     "parse_payloads",
+    "stage",
     "tool_calls_json",
     "tool_specs",
+    "untrack_stages",
     "upstream_payloads",
 ]
 

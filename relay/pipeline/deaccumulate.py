@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 
-from ._util import close_source
+from ._util import close_source, stage
 from .frames import Frame, StreamStats
 
 __all__ = ["deaccumulate"]
@@ -24,6 +24,7 @@ __all__ = ["deaccumulate"]
 _log = logging.getLogger("relay.upstream")
 
 
+@stage
 async def deaccumulate(frames: AsyncIterable[Frame], stats: StreamStats) -> AsyncIterator[Frame]:
     """Yield frames whose ``content`` is only the new text."""
     previous = ""

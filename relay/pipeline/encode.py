@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import RelayError, UpstreamProtocolError
 from ..jsonio import dumps
 from ..sse import DONE_EVENT
-from ._util import close_source
+from ._util import close_source, stage
 from .frames import Frame, StreamStats
 
 __all__ = ["SseEncoder", "encode_sse"]
@@ -115,6 +115,7 @@ class SseEncoder:
         return b"data: " + dumps(exc.envelope()) + b"\n\n" + DONE_EVENT
 
 
+@stage
 async def encode_sse(
     frames: AsyncIterable[Frame],
     encoder: SseEncoder,

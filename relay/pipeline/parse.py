@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import StreamLimitExceeded
 from ..jsonio import loads
 from ..sse import LineTooLong, SseDecoder
-from ._util import close_source
+from ._util import close_source, stage
 from .frames import StreamStats
 
 __all__ = ["parse_payloads"]
@@ -28,6 +28,7 @@ _log = logging.getLogger("relay.upstream")
 _DONE = "[DONE]"
 
 
+@stage
 async def parse_payloads(chunks: AsyncIterable[bytes], max_line_bytes: int,
                          stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
     """Split upstream bytes into SSE events and decode each one's JSON object; stop at ``[DONE]``.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 
-from ._util import close_source
+from ._util import close_source, stage
 from .frames import Frame
 
 __all__ = ["THINK_CLOSE", "THINK_OPEN", "ThinkSplitter", "drop_reasoning", "reasoning_as_content", "split_think"]
@@ -81,6 +81,7 @@ class ThinkSplitter:
         return "", held
 
 
+@stage
 async def split_think(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
     """Move inline ``<think>`` text from ``content`` to ``reasoning``."""
     splitter = ThinkSplitter()
@@ -98,6 +99,7 @@ async def split_think(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
         await close_source(frames)
 
 
+@stage
 async def drop_reasoning(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
     """Discard reasoning: the client turned thinking off (``enable_thinking: false``).
 
@@ -115,6 +117,7 @@ async def drop_reasoning(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
         await close_source(frames)
 
 
+@stage
 async def reasoning_as_content(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
     """Put reasoning back into ``content`` as a leading ``<think>…</think>`` block."""
     thinking = False

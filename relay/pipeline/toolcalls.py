@@ -49,7 +49,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._util import close_source
+from ._util import close_source, stage
 from .frames import Frame, ToolCall
 from .think import _held_suffix
 
@@ -381,6 +381,7 @@ def _load_object(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+@stage
 async def extract_tool_calls(frames: AsyncIterable[Frame], tools: Mapping[str, ToolSpec]) -> AsyncIterator[Frame]:
     """Move ``<tool_call>`` blocks out of ``content`` into ``tool_calls`` as they stream.
 

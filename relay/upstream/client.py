@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..jsonio import dumps, loads
 from ..metrics import Metrics
+from ..pipeline._util import stage
 from .http1 import (
     ACCEPT_ENCODING,
     ConnectError,
@@ -107,6 +108,7 @@ class UpstreamResponse:
     def content_type(self) -> str:
         return self._response.content_type
 
+    @stage
     async def iter_bytes(self, on_silence: Callable[[], Awaitable[None]] | None = None,
                          silence_s: float = 15.0,
                          before_wait: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
