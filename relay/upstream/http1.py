@@ -74,7 +74,6 @@ class ProtocolViolation(Http1Error):
     second response, a protocol switch, or a body its Content-Encoding cannot decode."""
 
 
-#: what the ticker hands a waiting reader when its ``silence_s`` passed without bytes.
 class _Decoder(Protocol):
     def decompress(self, data: bytes) -> bytes: ...
 
@@ -431,8 +430,7 @@ class _Connection(asyncio.Protocol):
             self.fail(ReadTimeout(f"The upstream sent nothing for {self._pool.read_timeout_s:g} s."))
             return
         if self._silence_due is not None and now >= self._silence_due:
-            self._silence_due = None  # the reader is still waiting (bytes would have woken it)
-            self._wake(silent=True)
+            self._wake(silent=True)  # the reader is still waiting (bytes would have woken it)
 
 
 class Http1Pool:
