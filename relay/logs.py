@@ -62,6 +62,11 @@ def _timestamp(created: float) -> str:
     return f"{_second(int(created))}.{int((created - int(created)) * 1000):03d}Z"
 
 
+def _entry(created: float, level: str, logger: str, event: str) -> dict[str, Any]:
+    """The fields every line starts with, in this order."""
+    return {"ts": _timestamp(created), "level": level, "logger": logger, "event": event}
+
+
 #: for what orjson refuses (an unpaired surrogate): json.dumps with options builds an encoder per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
@@ -77,12 +82,7 @@ def _line(entry: dict[str, Any]) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
+        entry = _entry(record.created, record.levelname.lower(), record.name, record.getMessage())
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
@@ -135,9 +135,12 @@ class DeferredLog:
         if handler is not None:
             # The relay's own setup: the lines the handler would format, without a
             # LogRecord and the handler chain per line (half of an access line's cost).
-            name, event = logger.name, self._event
-            handler.add_lines([_line({"ts": _timestamp(created), "level": "info", "logger": name, "event": event,
-                                      **fields}) for created, fields in pending])
+            lines = []
+            for created, fields in pending:
+                entry = _entry(created, "info", logger.name, self._event)
+                entry.update(fields)
+                lines.append(_line(entry))
+            handler.add_lines(lines)
             return
         for created, fields in pending:
             record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, self._event, (), None,
