@@ -29,6 +29,7 @@ __all__ = [
     "StreamLimitExceeded",
     "UpstreamChallenge",
     "UpstreamError",
+    "UpstreamInterrupted",
     "UpstreamProtocolError",
     "UpstreamRateLimited",
     "UpstreamRejected",
@@ -170,6 +171,15 @@ class UpstreamUnavailable(UpstreamError, ConnectionError):
     """Connection refused, DNS failure, reset, or 5xx after every retry."""
 
     code = "upstream_unavailable"
+
+
+class UpstreamInterrupted(UpstreamUnavailable):
+    """The answer broke off after its head: the connection, or an in-stream ``internal_error``.
+
+    Another attempt may succeed; the handler makes one only while no byte has
+    reached the client (the transport's own retries end at the response head).
+    Clients see ``upstream_unavailable``, as for any broken connection.
+    """
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):

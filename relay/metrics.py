@@ -64,6 +64,11 @@ class Metrics:
         self.stream_duration = Histogram(_DURATION_BOUNDS_S)
         self.bytes_out = 0
         self.divergences = 0
+        #: frames dropped by the phased dialects (§7.4): a second candidate's, and unknown phases'.
+        self.foreign_frames = 0
+        self.dropped_phase_frames = 0
+        #: risk-control answers (``ret`` JSON or a WAF page), whichever call met them.
+        self.challenges = 0
         self.client_disconnects = 0
         self.garbage_events = 0
         #: read at render time: the live gate and drain state.
@@ -113,6 +118,15 @@ class Metrics:
         family("qwen_relay_deaccumulate_divergences_total", "counter",
                "Cumulative upstream frames that rewrote earlier text.")
         out.append(f"qwen_relay_deaccumulate_divergences_total {self.divergences}")
+        family("qwen_relay_upstream_foreign_frames_total", "counter",
+               "Frames of a second candidate response, dropped.")
+        out.append(f"qwen_relay_upstream_foreign_frames_total {self.foreign_frames}")
+        family("qwen_relay_upstream_dropped_phase_frames_total", "counter",
+               "Frames of unknown or non-answer phases, dropped.")
+        out.append(f"qwen_relay_upstream_dropped_phase_frames_total {self.dropped_phase_frames}")
+        family("qwen_relay_upstream_challenges_total", "counter",
+               "Risk-control answers from the upstream (the credential then rests).")
+        out.append(f"qwen_relay_upstream_challenges_total {self.challenges}")
         family("qwen_relay_upstream_garbage_events_total", "counter", "Upstream SSE events skipped as garbage.")
         out.append(f"qwen_relay_upstream_garbage_events_total {self.garbage_events}")
         family("qwen_relay_client_disconnects_total", "counter", "Clients that left before the answer ended.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import AnyStr, TypeVar
 
 from hypothesis import strategies as st
 
@@ -21,12 +22,17 @@ __all__ = [
     "cumulative_frames",
     "event_names",
     "expected_event",
+    "interleavings",
     "normalise_newlines",
     "split_at",
+    "splits",
     "sse_events",
     "sse_texts",
+    "summary_lists",
     "text_pieces",
 ]
+
+T = TypeVar("T")
 
 #: SSE can only carry LF inside ``data``: CR and CRLF come back as LF.
 CR_LF = re.compile(r"\r\n|\r")
@@ -58,7 +64,7 @@ def expected_event(data: str, event: str | None) -> SseEvent:
     return SseEvent(normalise_newlines(data), event or "message", None)
 
 
-def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+def split_at(data: AnyStr, cuts: list[int]) -> list[AnyStr]:
     """Cut ``data`` at the given offsets (any order, duplicates allowed → empty pieces)."""
     bounds = [0, *sorted(cuts), len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
@@ -69,6 +75,32 @@ def chunkings(draw: st.DrawFn, data: bytes) -> list[bytes]:
     """Any split of ``data`` into reads, empty reads included."""
     cuts = draw(st.lists(st.integers(0, len(data)), max_size=max(1, min(len(data), 20))))
     return split_at(data, cuts)
+
+
+@st.composite
+def splits(draw: st.DrawFn, text: str) -> list[str]:
+    """Any split of ``text`` into pieces, empty pieces included (an upstream frame with no new text)."""
+    cuts = draw(st.lists(st.integers(0, len(text)), max_size=max(1, min(len(text), 12))))
+    return split_at(text, cuts)
+
+
+@st.composite
+def interleavings(draw: st.DrawFn, first: list[T], second: list[T]) -> list[T]:
+    """Any merge of two sequences that keeps each one's own order (two candidates in one stream)."""
+    order = draw(st.permutations([0] * len(first) + [1] * len(second)))
+    sources = (iter(first), iter(second))
+    return [next(sources[which]) for which in order]
+
+
+def summary_lists(pieces: list[str]) -> list[list[str]]:
+    """``summary_thought.content`` per frame in the cumulative form (§7.4), as the emulator sends it:
+    the thinking so far, cut into paragraphs at blank lines."""
+    out: list[list[str]] = []
+    so_far = ""
+    for piece in pieces:
+        so_far += piece
+        out.append(so_far.split("\n\n"))
+    return out
 
 
 #: Non-empty increments, as a well-behaved upstream sends them.

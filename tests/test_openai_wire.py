@@ -298,6 +298,7 @@ ERROR_STATUSES: dict[type[RelayError], int] = {
     errors.UpstreamRateLimited: 429,
     errors.UpstreamError: 502,
     errors.UpstreamUnavailable: 502,
+    errors.UpstreamInterrupted: 502,
     errors.UpstreamTimeout: 504,
     errors.UpstreamProtocolError: 502,
     errors.UpstreamChallenge: 502,

@@ -24,6 +24,7 @@ __all__ = [
     "message_text",
     "model_entries",
     "model_variants",
+    "models_that_must_think",
     "raise_for_unsuccessful",
     "sources_text",
 ]
@@ -134,6 +135,16 @@ def model_variants(entries: list[dict[str, Any]]) -> dict[str, tuple[str, bool, 
             if variant not in real:
                 variants[variant] = (entry["id"], thinking, search)
     return variants
+
+
+def models_that_must_think(entries: list[dict[str, Any]]) -> frozenset[str]:
+    """Ids whose ``info.meta.think_skip.enable`` is false: asked Fast, they answer ``invalid_input`` (§7.3)."""
+    must = set()
+    for entry in entries:
+        skip = _meta(entry).get("think_skip")
+        if isinstance(skip, dict) and skip.get("enable") is False:
+            must.add(entry["id"])
+    return frozenset(must)
 
 
 def message_text(content: Any) -> str:

@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from ..config import Config
 from ..errors import UpstreamProtocolError
 from ..openai_wire import ChatRequest
 from ..pipeline.frames import Frame, StreamStats
-from . import ChatOptions, Completion, PostJson, UpstreamCall
+from . import ChatOptions, Completion, SendJson, UpstreamCall
 from .common import model_entries
 from .phased import phase_frames
 from .qwen_v1 import base_body
+from .v1_errors import payload_error, refusal
+from .web_headers import LegacyHeaders
 
 __all__ = ["DEFAULT_THINKING_BUDGET", "QwenPhase"]
 
@@ -29,9 +32,16 @@ DEFAULT_THINKING_BUDGET = 38912
 class QwenPhase:
     name = "qwen-phase"
     models_path = "/api/models"
+    refusal = staticmethod(refusal)
     chat_path = "/api/chat/completions"
 
-    async def prepare(self, request: ChatRequest, options: ChatOptions, post_json: PostJson) -> UpstreamCall:
+    def header_set(self, origin: str, config: Config) -> LegacyHeaders:
+        return LegacyHeaders(origin, config)
+
+    def models_call(self) -> UpstreamCall:
+        return UpstreamCall(self.models_path, None, method="GET", kind="models")
+
+    async def prepare(self, request: ChatRequest, options: ChatOptions, send_json: SendJson) -> UpstreamCall:
         body = base_body(request, options)
         body["stream"] = True
         body["incremental_output"] = True
@@ -48,7 +58,7 @@ class QwenPhase:
 
     def stream_frames(self, payloads: AsyncIterable[dict[str, Any]],
                       stats: StreamStats) -> AsyncIterator[Frame]:
-        return phase_frames(payloads, stats)
+        return phase_frames(payloads, stats, payload_error)
 
     def completion(self, payload: Any) -> Completion:
         raise UpstreamProtocolError("qwen-phase answers are always streamed; got one JSON body.")
@@ -58,3 +68,6 @@ class QwenPhase:
 
     def stop_call(self, call: UpstreamCall, response_id: str) -> UpstreamCall | None:
         return None
+
+    def delete_call(self, call: UpstreamCall) -> UpstreamCall | None:
+        return None  # no chats are created

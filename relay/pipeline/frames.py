@@ -51,13 +51,17 @@ class StreamStats:
     comments: int = 0
     garbage: int = 0
     divergences: int = 0
+    #: frames of a second candidate response, dropped (§7.4: only the first is followed).
+    foreign_frames: int = 0
+    #: frames of an unknown or non-answer phase (``code_interpreter``, …), dropped (§7.4).
+    dropped_phase_frames: int = 0
     content_chars: int = 0
     reasoning_chars: int = 0
     #: tool calls sent (``delta.tool_calls`` entries) and their name + arguments characters.
     tool_calls: int = 0
     tool_call_chars: int = 0
     bytes_out: int = 0
-    #: qwen-v2's ``response.created`` id, needed to stop generation.
+    #: the followed response's id (qwen-v2's first ``response.created``), needed to stop generation.
     response_id: str | None = None
     #: web-search results seen so far (qwen-v1), appended to the answer at its end.
     sources: list[dict[str, Any]] = field(default_factory=list)

@@ -147,7 +147,7 @@ async def test_in_stream_rate_limit_before_content_is_429(dialect_relay: str) ->
 async def test_in_stream_error_after_content_is_error_event_then_done(dialect_relay: str) -> None:
     async with aiohttp.ClientSession() as session, session.post(
             dialect_relay + "/v1/chat/completions", headers=auth(), json=user(
-                directive(reply="partial answer here", chunks=3, stream_error="Bad_Request", after=1),
+                directive(reply="partial answer here", chunks=3, stream_error="Mystery_Code", after=1),
                 stream=True)) as response:
         events = parse_sse(await response.text())
     assert events[-1] == "[DONE]" and events.count("[DONE]") == 1

@@ -1,7 +1,8 @@
 """Stage 1 (relay/pipeline/parse.py): upstream bytes → SSE events → JSON objects.
 
-Garbage never crashes a stream (QWEN_PROTOCOL §6 item 7), the line limit
-becomes a reportable RelayError, and every stage closes its source however it
+Garbage never crashes a stream (QWEN_PROTOCOL §6 item 7), a bare JSON body
+under text/event-stream is one payload (§7.4), the line limit becomes a
+reportable RelayError, and every stage closes its source however it
 ends, so an early stop never leaves the upstream response open.
 """
 
@@ -12,9 +13,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.errors import RelayError, StreamLimitExceeded
 from relay.pipeline import StreamStats, parse_payloads, upstream_payloads
+from tests.strategies import chunkings
 
 LIMIT = 1 << 20
 
@@ -195,3 +199,65 @@ async def test_too_long_line_is_reported_without_waiting_for_another_read() -> N
         with pytest.raises(StreamLimitExceeded):
             await anext(events)
     await events.aclose()
+
+
+# ---- a bare JSON body under text/event-stream (QWEN_PROTOCOL §7.4) -----------------------
+
+BARE = b' \r\n\t{"success":false,"data":{"code":"RateLimited","num":2}}\n'
+BARE_PAYLOAD = {"success": False, "data": {"code": "RateLimited", "num": 2}}
+
+
+@pytest.mark.parametrize("cut", range(len(BARE) + 1))
+async def test_a_bare_json_body_is_one_payload_at_every_split(cut: int) -> None:
+    """A body that is one JSON object, no ``data:`` (after any whitespace), is
+    yielded whole, wherever the reads split it; the source is read to its end and closed."""
+    stats = StreamStats()
+    source = Source(BARE[:cut], BARE[cut:])
+    assert await collect(parse_payloads(source.gen(), LIMIT, stats)) == [BARE_PAYLOAD]
+    assert (stats.events, stats.garbage) == (1, 0)
+    assert source.closed
+
+
+async def test_a_bare_json_body_one_byte_at_a_time() -> None:
+    chunks = [BARE[i:i + 1] for i in range(len(BARE))]
+    assert await payloads(*chunks) == [BARE_PAYLOAD]
+
+
+@given(st.data())
+async def test_a_bare_json_body_survives_any_chunking(data: st.DataObject) -> None:
+    assert await payloads(*data.draw(chunkings(BARE))) == [BARE_PAYLOAD]
+
+
+@pytest.mark.parametrize("body", [b'{"success":false', b"{not json}", b'{"a":1}\n\ndata: {"b":2}\n\n'],
+                         ids=["truncated", "not_json", "json_then_sse"])
+async def test_a_bare_body_that_is_not_one_json_object_is_garbage(body: bytes) -> None:
+    stats = StreamStats()
+    assert await payloads(body, stats=stats) == []
+    assert (stats.events, stats.garbage) == (0, 1)
+
+
+async def test_a_bare_json_body_over_the_line_limit_raises_and_closes_the_source() -> None:
+    body = b'{"v":"' + b"x" * 2000 + b'"}'
+    source = Source(body[:100], body[100:], b"never read")
+    with pytest.raises(StreamLimitExceeded):
+        await collect(parse_payloads(source.gen(), 1024, StreamStats()))
+    assert source.closed
+    assert source.sent == 2
+
+
+async def test_a_bare_json_body_at_the_line_limit_is_accepted() -> None:
+    """The limit is the JSON's own bytes: leading whitespace does not count."""
+    text = "y" * (1024 - len(b'{"v":""}'))
+    body = b'{"v":"' + text.encode() + b'"}'
+    assert len(body) == 1024
+    got = await collect(parse_payloads(Source(b"\n\n", body).gen(), 1024, StreamStats()))
+    assert got == [{"v": text}]
+
+
+@pytest.mark.parametrize("cut", range(len(b'\n\n: ping\n\ndata: {"a":1}\n\n') + 1))
+async def test_leading_whitespace_before_sse_is_still_sse_at_every_split(cut: int) -> None:
+    """Looking for a bare body's ``{`` changes nothing for an SSE stream that starts with blank lines."""
+    body = b'\n\n: ping\n\ndata: {"a":1}\n\n'
+    stats = StreamStats()
+    assert await payloads(body[:cut], body[cut:], stats=stats) == [{"a": 1}]
+    assert stats.comments == 1
