@@ -10,13 +10,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .busypoll import BusyPoll
+from .calls import Calls
 from .config import EMULATOR_UPSTREAM, Config
 from .deadline import Deadlines
 from .dialects import get_dialect
 from .handlers import chat, health, models
 from .keys import (
+    CALLS,
     CONFIG,
-    DIALECT,
     GATE,
     LIFECYCLE,
     METRICS,
@@ -44,7 +45,6 @@ def make_app(config: Config) -> web.Application:
     # +1 so that aiohttp never rejects first: our 413 check gives the OpenAI envelope.
     app = web.Application(client_max_size=config.limits.max_body_bytes + 1)
     app[CONFIG] = config
-    app[DIALECT] = get_dialect(config.dialect)
     app[NONSTREAM_DEADLINES] = Deadlines(config.timeouts.nonstream_deadline_s)
     gate = app[GATE] = ConcurrencyGate(config.limits.max_concurrency)
     lifecycle = app[LIFECYCLE] = Lifecycle()
@@ -92,12 +92,14 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         _log.info("emulator_started", extra={"fields": {"url": origin}})
     # No cookie jar: a Set-Cookie from Qwen Chat answering one caller must never ride
     # along on another caller's request (configured cookies go in --config headers).
-    client = UpstreamClient(origin, config, app[METRICS])
+    dialect = get_dialect(config.dialect, config)
+    client = UpstreamClient(origin, config, app[METRICS], refusal=dialect.refusal)
     app[UPSTREAM] = client
+    calls = app[CALLS] = Calls(client, dialect, config)
     state = app[OPERATOR].state
-    app[MODELS] = ModelsCache(models.fetcher(client, app[DIALECT]), config.models_ttl_s, state=state)
-    app[POOL_MODELS] = ModelsCache(models.pool_fetcher(client, app[DIALECT], app[OPERATOR]), config.models_ttl_s,
-                                   state=state)
+    app[MODELS] = ModelsCache(models.fetcher(calls), config.models_ttl_s, state=state)
+    app[POOL_MODELS] = ModelsCache(models.pool_fetcher(calls, app[OPERATOR], config.challenge_cooldown_s),
+                                   config.models_ttl_s, state=state)
     try:
         yield
     finally:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import LOG_LEVELS, Config, Limits, Timeouts
+from .config import LOG_LEVELS, Config, Limits, Timeouts, WebClient
 from .config_file import ConfigFile, ConfigFileError, load_config_file
 from .operator.config import OperatorConfig, hash_key, with_env
 
@@ -80,6 +80,16 @@ _SETTINGS: tuple[_Setting, ...] = (
     ),
     _Setting("--dialect", str, _DEFAULTS.dialect,
              "upstream protocol: qwen-v2 (chat.qwen.ai today), qwen-phase (mid-2025), qwen-v1 (early 2025)"),
+    _Setting("--web-version", str, _DEFAULTS.web.version,
+             "the Qwen Chat web app version sent as the 'version' header (qwen-v2); without the current "
+             "one, writes fail with Bad_Request"),
+    _Setting("--challenge-cooldown", float, _DEFAULTS.challenge_cooldown_s,
+             "seconds a credential rests after Qwen Chat answered it with risk control"),
+    _Setting("--max-upstream-body-bytes", int, _DEFAULTS.max_upstream_body_bytes,
+             "largest qwen-v2 completion body sent upstream (encoded JSON); over it 400 "
+             "context_length_exceeded"),
+    _Setting("--keep-chats", _bool, _DEFAULTS.keep_chats,
+             "keep the chats the relay creates in the Qwen Chat account instead of deleting them"),
     _Setting("--reasoning-in-content", _bool, _DEFAULTS.reasoning_in_content,
              "put thinking into content as <think>...</think> instead of reasoning_content"),
     _Setting("--max-concurrency", int, _DEFAULTS.limits.max_concurrency,
@@ -210,6 +220,10 @@ def parse_config(argv: Sequence[str] | None = None,
             busy_poll_us=v["busy_poll_us"],
             unix=v["unix"] or None,
             upstream_headers=file.headers,
+            web=WebClient(version=v["web_version"], **file.web),
+            challenge_cooldown_s=v["challenge_cooldown"],
+            max_upstream_body_bytes=v["max_upstream_body_bytes"],
+            keep_chats=v["keep_chats"],
             operator=operator,
             config_file=config_path or None,
             workers=v["workers"],

@@ -7,10 +7,12 @@ stores the Config under an AppKey. Each default carries its reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .operator.config import OperatorConfig
 
-__all__ = ["DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "Config", "Limits", "Timeouts"]
+__all__ = ["DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "Config", "Limits", "Timeouts", "WebClient", "zone"]
 
 #: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
 EMULATOR_UPSTREAM = "emulator"
@@ -18,6 +20,8 @@ EMULATOR_UPSTREAM = "emulator"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DIALECT_NAMES = ("qwen-v1", "qwen-phase", "qwen-v2")
 LOOPS = ("auto", "asyncio", "uvloop")
+#: above ~128 KB of encoded JSON a completion gets risk control (§7.3 [C]); a margin below.
+DEFAULT_MAX_UPSTREAM_BODY_BYTES = 120_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,42 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class WebClient:
+    """The web app the relay speaks as (qwen-v2): every value may drift, so each is a setting."""
+
+    #: the web app's ``version`` header: without it writes answer ``Bad_Request`` (§7.2 [S]).
+    version: str = "0.3.12"
+    #: IANA zone of the ``timezone`` header (the JS ``Date().toString()`` form).
+    timezone: str = "UTC"
+    #: None: a current Chrome on Windows; otherwise this, with matching client hints.
+    user_agent: str | None = None
+    #: send ``Authorization: Bearer`` beside the ``token`` cookie, as web bundle 0.3.x does.
+    bearer: bool = True
+    #: ``[upstream] cookies``: sent with every call, beside ``token=`` (``Cookie`` header form).
+    cookies: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.version.strip()) and self.version.isprintable(),
+                 "--web-version must be a printable version string")
+        _require(not any(ch in self.cookies + (self.user_agent or "") for ch in "\r\n\0"),
+                 "[upstream] cookies and user_agent must be one line")
+        try:
+            zone(self.timezone)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"[upstream] timezone: unknown IANA time zone {self.timezone!r}") from exc
+
+
+def zone(name: str) -> tzinfo:
+    """The ``tzinfo`` of an IANA name; UTC needs no time zone database."""
+    if name.upper() in ("UTC", "ETC/UTC", "Z"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except ZoneInfoNotFoundError as exc:
+        raise ValueError(name) from exc
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -74,8 +114,19 @@ class Config:
     drain_timeout_s: float = 30.0
     #: listen on this unix socket instead of host:port (nginx on the same host).
     unix: str | None = None
-    #: extra upstream request headers (``--config`` ``[upstream.headers]``), e.g. ``bx-v``.
+    #: extra upstream request headers (``--config`` ``[upstream.headers]``), e.g. ``bx-v``;
+    #: they override the relay's own, name by name.
     upstream_headers: tuple[tuple[str, str], ...] = ()
+    #: how the relay presents itself to Qwen Chat (qwen-v2, docs/qwen-protocol.md §7.2).
+    web: WebClient = field(default_factory=lambda: WebClient())
+    #: a credential answered with risk control rests this long (§7.5: retrying deepens the mark).
+    challenge_cooldown_s: float = 900.0
+    #: a qwen-v2 completion body larger than this (encoded JSON) is refused with 400
+    #: ``context_length_exceeded`` instead of being sent: above ~128 KB the service
+    #: answers with risk control (§7.3 [C]); 120,000 leaves room for its own rounding.
+    max_upstream_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES
+    #: keep the chats the relay creates (qwen-v2) instead of deleting them after the answer.
+    keep_chats: bool = False
     #: ``("*",)`` allows every origin: the API authenticates by header, never cookie.
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "info"
@@ -117,6 +168,8 @@ class Config:
         _require(self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         _require(self.drain_timeout_s >= 0, "--drain-timeout must not be negative")
         _require(self.unix is None or bool(self.unix.strip()), "--unix must be a path")
+        _require(self.challenge_cooldown_s >= 0, "--challenge-cooldown must not be negative")
+        _require(self.max_upstream_body_bytes >= 1024, "--max-upstream-body-bytes must be at least 1024")
         _require(self.timeouts.upstream_s > 0, "--timeout must be positive")
         _require(self.timeouts.client_body_s > 0, "--body-timeout must be positive")
         _require(self.timeouts.queue_s >= 0, "--queue-timeout must not be negative")

@@ -11,7 +11,10 @@ start with the line and the field, never half-applied.
     max_concurrency = 200
 
     [upstream]
-    cookies = "ssxmod_itna=…"          # sent as the Cookie header
+    cookies = "ssxmod_itna=…"          # sent in the Cookie header, beside token=
+    timezone = "Asia/Shanghai"         # the ``timezone`` header's zone (IANA name)
+    user_agent = "Mozilla/5.0 …"       # replaces the User-Agent and its client hints
+    bearer = true                      # Authorization: Bearer beside the token cookie
 
     [upstream.headers]
     "bx-v" = "2.5.36"
@@ -34,8 +37,9 @@ from .operator.config import OperatorConfig, parse_operator
 __all__ = ["ConfigFile", "ConfigFileError", "load_config_file"]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-#: headers the relay sets per request; a file must not override them.
-_RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host", "accept"})
+#: headers the relay sets per request; a file must not override them (cookies go in
+#: ``[upstream] cookies``, merged with the credential's own ``token`` cookie).
+_RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host", "cookie"})
 
 
 class ConfigFileError(ValueError):
@@ -47,6 +51,8 @@ class ConfigFile:
     #: flag name (underscores) → raw value, still to be parsed like a flag value.
     settings: dict[str, Any] = field(default_factory=dict)
     headers: tuple[tuple[str, str], ...] = ()
+    #: ``[upstream]`` settings of the web client: cookies, timezone, user_agent, bearer.
+    web: dict[str, Any] = field(default_factory=dict)
     #: None when the file has no ``[operator]`` table.
     operator: OperatorConfig | None = None
 
@@ -113,18 +119,26 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
     if not isinstance(upstream, dict):
         raise fail("upstream", "must be a table")
     headers: list[tuple[str, str]] = []
+    web: dict[str, Any] = {}
     for key, value in upstream.items():
         if key == "headers":
             if not isinstance(value, dict):
                 raise fail("upstream.headers", "must be a table of header names to values")
             for name, header_value in value.items():
                 headers.append(_header(fail, name, header_value))
-        elif key == "cookies":
-            headers.append(_header(fail, "Cookie", value, key="upstream.cookies"))
+        elif key in ("cookies", "timezone", "user_agent"):
+            if not isinstance(value, str) or any(ch in value for ch in "\r\n\0"):
+                raise fail(f"upstream.{key}", "must be a one-line string")
+            web[key] = value
+        elif key == "bearer":
+            if not isinstance(value, bool):
+                raise fail("upstream.bearer", "must be true or false")
+            web[key] = value
         else:
-            raise fail(f"upstream.{key}", "unknown setting (expected headers or cookies)")
+            raise fail(f"upstream.{key}", "unknown setting (expected headers, cookies, timezone, user_agent "
+                                          "or bearer)")
     operator = parse_operator(data["operator"], fail, line_in_key) if "operator" in data else None
-    return ConfigFile(settings=settings, headers=tuple(headers), operator=operator)
+    return ConfigFile(settings=settings, headers=tuple(headers), web=web, operator=operator)
 
 
 def _header(fail: Any, name: str, value: Any, key: str | None = None) -> tuple[str, str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .calls import Calls
 from .config import Config
 from .deadline import Deadlines
-from .dialects import Dialect
 from .lifecycle import Lifecycle
 from .limits import ConcurrencyGate
 from .metrics import Metrics
@@ -14,11 +14,12 @@ from .models_cache import ModelsCache
 from .operator import Operator
 from .upstream import UpstreamClient
 
-__all__ = ["CONFIG", "DIALECT", "GATE", "LIFECYCLE", "METRICS", "MODELS", "NONSTREAM_DEADLINES", "OPERATOR", "POOL_MODELS",
+__all__ = ["CALLS", "CONFIG", "GATE", "LIFECYCLE", "METRICS", "MODELS", "NONSTREAM_DEADLINES", "OPERATOR", "POOL_MODELS",
            "UPSTREAM"]
 
 CONFIG = web.AppKey("config", Config)
-DIALECT = web.AppKey("dialect", Dialect)
+#: the dialect's calls over the transport (set on startup, once the origin is known).
+CALLS = web.AppKey("calls", Calls)
 GATE = web.AppKey("gate", ConcurrencyGate)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
 MODELS = web.AppKey("models", ModelsCache)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dialects.common import model_variants
+from .dialects.common import model_variants, models_that_must_think
 from .jsonio import dumps, loads
 from .openai_wire import model_list
 from .state import MemoryState, StateBackend
@@ -41,6 +41,8 @@ class CachedModels:
     expires_at: float
     #: synthetic ids (``-thinking``, ``-search``) → (base id, thinking, search).
     variants: dict[str, tuple[str, bool, bool]] = field(default_factory=dict)
+    #: models that cannot skip thinking (``info.meta.think_skip.enable: false``, §7.3).
+    must_think: frozenset[str] = frozenset()
     #: compressed variants of ``body`` by content coding, filled on first use.
     encoded: dict[str, bytes] = field(default_factory=dict)
 
@@ -104,6 +106,7 @@ class ModelsCache:
             body=dumps(listing),
             expires_at=time.monotonic() + ttl_s,
             variants=variants,
+            must_think=models_that_must_think(models),
         )
         if self._ttl_s > 0:
             self._entries.pop(key, None)

@@ -33,7 +33,8 @@ cookies = "ssxmod_itna=abc"
     assert config.limits.max_concurrency == 7
     assert config.dialect == "qwen-phase"
     assert config.reasoning_in_content is True
-    assert dict(config.upstream_headers) == {"Cookie": "ssxmod_itna=abc", "bx-v": "2.5.36", "User-Agent": "Test/1.0"}
+    assert dict(config.upstream_headers) == {"bx-v": "2.5.36", "User-Agent": "Test/1.0"}
+    assert config.web.cookies == "ssxmod_itna=abc"
 
 
 def test_env_and_flag_win_over_the_file(tmp_path: Path) -> None:

@@ -11,14 +11,19 @@ branch on the dialect (§3–§5 of the protocol notes):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..openai_wire import ChatRequest
 from ..pipeline.frames import Frame, StreamStats
 
-__all__ = ["DIALECTS", "ChatOptions", "Completion", "Dialect", "PostJson", "UpstreamCall", "get_dialect"]
+if TYPE_CHECKING:
+    from ..config import Config
+    from .v2_errors import Refusal
+
+__all__ = ["DIALECTS", "ChatOptions", "Completion", "Dialect", "HeaderSet", "SendJson", "UpstreamCall",
+           "get_dialect"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,9 @@ class ChatOptions:
     thinking: bool | None = None
     thinking_budget: int | None = None
     search: bool = False
+    #: False for a model that must think (``info.meta.think_skip.enable: false``): never
+    #: asked to skip thinking, the client that wanted none just sees none (§7.3).
+    can_skip_thinking: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,21 +56,41 @@ class UpstreamCall:
     """One upstream request, as a dialect builds it."""
 
     path: str
-    body: dict[str, Any]
+    body: dict[str, Any] | None
     #: ask the upstream for SSE; False only for qwen-v1 non-stream answers.
-    stream: bool
+    stream: bool = False
     chat_id: str | None = None
+    method: str = "POST"
+    #: what the call is for (``web_headers.CALL_KINDS``): decides Referer and Accept.
+    kind: str = "completion"
 
 
-#: POST a JSON body to a path with the caller's token and return the decoded answer.
-PostJson = Callable[[str, dict[str, Any]], Awaitable[Any]]
+#: send a call with the caller's credentials and return the decoded JSON answer.
+SendJson = Callable[[UpstreamCall], Awaitable[Any]]
+
+
+class HeaderSet(Protocol):
+    def for_call(self, call: UpstreamCall, token: str) -> list[tuple[str, str]]:
+        """Every request header of ``call`` made with ``token``."""
+
+
+class RefusalCheck(Protocol):
+    def __call__(self, status: int, headers: Mapping[str, str], content_type: str,
+                 body: bytes) -> Refusal | None: ...
 
 
 class Dialect(Protocol):
     name: str
-    models_path: str
+    #: how this generation of the service says no (``v1_errors`` / ``v2_errors``).
+    refusal: RefusalCheck
 
-    async def prepare(self, request: ChatRequest, options: ChatOptions, post_json: PostJson) -> UpstreamCall:
+    def header_set(self, origin: str, config: Config) -> HeaderSet:
+        """The builder of this dialect's request headers (``web_headers``)."""
+
+    def models_call(self) -> UpstreamCall:
+        """The model-list request."""
+
+    async def prepare(self, request: ChatRequest, options: ChatOptions, send_json: SendJson) -> UpstreamCall:
         """Build the completion request (qwen-v2 first creates a chat)."""
 
     def stream_frames(self, payloads: AsyncIterable[dict[str, Any]],
@@ -78,12 +106,17 @@ class Dialect(Protocol):
     def stop_call(self, call: UpstreamCall, response_id: str) -> UpstreamCall | None:
         """The request that stops generation after the client left, if the dialect has one."""
 
+    def delete_call(self, call: UpstreamCall) -> UpstreamCall | None:
+        """The request that deletes the chat ``call`` answered in, if the dialect creates chats."""
 
-def get_dialect(name: str) -> Dialect:
-    try:
-        return DIALECTS[name]
-    except KeyError:
-        raise ValueError(f"unknown dialect {name!r}; expected one of {', '.join(DIALECTS)}") from None
+
+def get_dialect(name: str, config: Config | None = None) -> Dialect:
+    """The dialect called ``name``, set up by ``config`` when given."""
+    if name not in DIALECTS:
+        raise ValueError(f"unknown dialect {name!r}; expected one of {', '.join(DIALECTS)}")
+    if name == "qwen-v2" and config is not None:
+        return QwenV2(config.max_upstream_body_bytes)
+    return DIALECTS[name]
 
 
 from .qwen_phase import QwenPhase

@@ -29,8 +29,9 @@ def _enable_thinking(body: dict[str, Any]) -> bool | None:
     return value
 
 
-def resolve_options(request: ChatRequest, variants: Mapping[str, tuple[str, bool, bool]]) -> ChatOptions:
-    """The upstream model and switches for this request."""
+def resolve_options(request: ChatRequest, variants: Mapping[str, tuple[str, bool, bool]],
+                    must_think: frozenset[str] = frozenset()) -> ChatOptions:
+    """The upstream model and switches for this request (``must_think``: models that cannot skip thinking)."""
     model, thinking, search = request.model, None, False
     variant = variants.get(model)
     if variant is not None:
@@ -43,4 +44,5 @@ def resolve_options(request: ChatRequest, variants: Mapping[str, tuple[str, bool
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
         raise InvalidRequest("'thinking_budget' must be a non-negative integer.", param="thinking_budget",
                              code="invalid_type")
-    return ChatOptions(upstream_model=model, thinking=thinking, thinking_budget=budget, search=search)
+    return ChatOptions(upstream_model=model, thinking=thinking, thinking_budget=budget, search=search,
+                       can_skip_thinking=model not in must_think)

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from ..config import Config
 from ..errors import UpstreamProtocolError
 from ..openai_wire import ChatRequest, usage_from_upstream
 from ..pipeline import close_source, stage
 from ..pipeline.deaccumulate import deaccumulate
 from ..pipeline.frames import Frame, StreamStats
 from ..pipeline.think import ThinkSplitter, split_think
-from . import ChatOptions, Completion, PostJson, UpstreamCall
+from . import ChatOptions, Completion, SendJson, UpstreamCall
 from .common import (
     describe_error,
     error_from_payload,
@@ -26,6 +27,8 @@ from .common import (
     model_entries,
     sources_text,
 )
+from .v1_errors import refusal
+from .web_headers import LegacyHeaders
 
 __all__ = ["RELAY_ONLY_FIELDS", "QwenV1", "upstream_messages"]
 
@@ -39,9 +42,16 @@ _KNOWN_DELTA = frozenset({"role", "content"})
 class QwenV1:
     name = "qwen-v1"
     models_path = "/api/models"
+    refusal = staticmethod(refusal)
     chat_path = "/api/chat/completions"
 
-    async def prepare(self, request: ChatRequest, options: ChatOptions, post_json: PostJson) -> UpstreamCall:
+    def header_set(self, origin: str, config: Config) -> LegacyHeaders:
+        return LegacyHeaders(origin, config)
+
+    def models_call(self) -> UpstreamCall:
+        return UpstreamCall(self.models_path, None, method="GET", kind="models")
+
+    async def prepare(self, request: ChatRequest, options: ChatOptions, send_json: SendJson) -> UpstreamCall:
         """Forward the client body, unknown fields included (§2.2)."""
         return UpstreamCall(self.chat_path, base_body(request, options), stream=request.stream)
 
@@ -83,6 +93,9 @@ class QwenV1:
 
     def stop_call(self, call: UpstreamCall, response_id: str) -> UpstreamCall | None:
         return None  # v1 has no stop endpoint: closing the connection is the stop
+
+    def delete_call(self, call: UpstreamCall) -> UpstreamCall | None:
+        return None  # no chats are created
 
 
 def upstream_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -11,11 +12,19 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from ..calls import Calls
 from ..config import Config
-from ..dialects import ChatOptions, Completion, Dialect
-from ..errors import RelayError, UpstreamProtocolError, UpstreamTimeout
+from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
+from ..dialects.v2_errors import ChatNotFound
+from ..errors import (
+    RelayError,
+    UpstreamChallenge,
+    UpstreamInterrupted,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from ..jsonio import dumps
-from ..keys import CONFIG, DIALECT, GATE, METRICS, NONSTREAM_DEADLINES, OPERATOR, UPSTREAM
+from ..keys import CALLS, CONFIG, GATE, METRICS, NONSTREAM_DEADLINES, OPERATOR
 from ..middleware import INFO, RequestInfo
 from ..openai_wire import (
     ChatRequest,
@@ -43,6 +52,7 @@ from ..pipeline.think import THINK_CLOSE, THINK_OPEN, drop_reasoning, reasoning_
 from ..pipeline.toolcalls import ToolCall, ToolCallParser, extract_tool_calls, tool_calls_json
 from ..tooling import ToolPlan, plan_tools
 from ..upstream import UpstreamResponse
+from ..upstream.retry import backoff_s
 from .common import caller as identify_caller
 from .common import json_response, read_body
 from .models import resolve_cached, resolve_request
@@ -50,6 +60,7 @@ from .models import resolve_cached, resolve_request
 __all__ = ["chat_completions"]
 
 T = TypeVar("T")
+_log = logging.getLogger("relay.upstream")
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -77,7 +88,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # A stream's frames live as long as it does: no frame between this one and _stream's.
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
         async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
-            return await _with_token(app, caller, partial(_stream, request, info, plan, options))
+            return await _with_token(app, caller, _until_committed(app, partial(_stream, request, info, plan,
+                                                                                 options)))
 
 
 async def _complete(request: web.Request, info: RequestInfo, caller: Caller, plan: ToolPlan) -> web.Response:
@@ -88,7 +100,7 @@ async def _complete(request: web.Request, info: RequestInfo, caller: Caller, pla
     deadline = deadlines.start()
     try:
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
-        exchange = partial(_exchange_completion, request, info, chat, options)
+        exchange = _until_committed(app, partial(_exchange_completion, request, info, chat, options))
         completion = await _gated(request, caller, exchange)
         text, calls = _split_calls(completion.content, plan)
         if plan.forced and not calls:
@@ -125,20 +137,69 @@ async def _gated(request: web.Request, caller: Caller, exchange: Callable[[str],
 
 
 def _with_token(app: web.Application, caller: Caller, exchange: Callable[[str], Awaitable[T]]) -> Awaitable[T]:
-    """``exchange`` with the caller's token (passthrough), or with the pool's: a call, not one more frame."""
-    if caller.token is not None:
-        return exchange(caller.token)
-    return with_upstream_token(app[OPERATOR], caller, exchange)
+    """``exchange`` with the caller's token (passthrough), or with the pool's; risk control rests the token."""
+    return with_upstream_token(app[OPERATOR], caller, exchange, app[CONFIG].challenge_cooldown_s)
+
+
+def _until_committed(app: web.Application, exchange: Callable[[str], Awaitable[T]]) -> Callable[[str], Awaitable[T]]:
+    """``exchange`` tried again while no byte reached the client, for faults another try may fix.
+
+    The transport retries up to the response head; this covers what breaks after
+    it: the connection, or an in-stream ``internal_error`` (``UpstreamInterrupted``),
+    within ``--retries`` attempts, and one ``CHAT_NOT_FOUND`` (a new chat is made).
+    An error leaves ``exchange`` only before its response is committed (after,
+    it becomes an SSE error event), so a retry never resends to a client.
+    """
+    config, metrics = app[CONFIG], app[METRICS]
+
+    async def attempts(token: str) -> T:
+        new_chat_made = False
+        interrupted = 0
+        while True:  # at most --retries interruptions plus one new chat
+            try:
+                return await exchange(token)
+            except UpstreamChallenge:
+                metrics.challenges += 1
+                raise
+            except ChatNotFound:
+                if new_chat_made:
+                    raise
+                new_chat_made, reason, delay = True, "chat_not_found", 0.0
+            except UpstreamInterrupted as exc:
+                interrupted += 1
+                if interrupted >= config.retries:
+                    raise
+                reason = exc.instance_code or "upstream_interrupted"
+                delay = backoff_s(interrupted, config.timeouts.backoff_base_s, config.timeouts.backoff_max_s,
+                                  None)
+            metrics.count_retry(reason)
+            _log.warning("upstream_retry", extra={"fields": {"reason": reason, "delay_s": round(delay, 3)}})
+            if delay:
+                await asyncio.sleep(delay)
+
+    return attempts
+
+
+def _clean_up(app: web.Application, calls: Calls, call: UpstreamCall, token: str,
+              stop_response_id: str | None = None) -> None:
+    """After the answer (or a disconnect): stop generation if asked, then delete the chat, in the background."""
+    dialect = calls.dialect
+    stop = dialect.stop_call(call, stop_response_id) if stop_response_id else None
+    delete = None if app[CONFIG].keep_chats else dialect.delete_call(call)
+    calls.send_in_background(token, (stop, "upstream_stopped"), (delete, "upstream_chat_deleted"))
 
 
 async def _exchange_completion(request: web.Request, info: RequestInfo, chat: ChatRequest,
                                options: ChatOptions, token: str) -> Completion:
     app = request.app
-    client, dialect = app[UPSTREAM], app[DIALECT]
-    call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
-    async with client.open("POST", call.path, token=token, json_body=call.body, stream=call.stream) as upstream:
-        info.upstream_attempts = upstream.attempts
-        return await _read_completion(request, upstream, dialect)
+    calls = app[CALLS]
+    call = await calls.dialect.prepare(chat, options, calls.sender(token))
+    try:
+        async with calls.open(call, token) as upstream:
+            info.upstream_attempts = upstream.attempts
+            return await _read_completion(request, upstream, calls.dialect)
+    finally:
+        _clean_up(app, calls, call, token)
 
 
 async def _completion_response(request: web.Request, info: RequestInfo, chat: ChatRequest,
@@ -187,70 +248,77 @@ async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, optio
     last write: each frame more would live, and weigh, as long as the stream.
     """
     app = request.app
-    client, dialect, config = app[UPSTREAM], app[DIALECT], app[CONFIG]
+    calls, config = app[CALLS], app[CONFIG]
+    dialect = calls.dialect
     chat = plan.request
-    call = await dialect.prepare(chat, options, partial(client.post_json, token=token))
-    async with client.open("POST", call.path, token=token, json_body=call.body, stream=True) as upstream:
-        call = replace(call, body={})  # sent: the prompt need not live as long as the stream
-        info.upstream_attempts = upstream.attempts
-        stats = StreamStats()
-        started = time.perf_counter()
-        try:
-            if upstream.content_type == "application/json":
-                # An error body with a 2xx status, where a stream was expected.
-                dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
-                raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
-            response = web.StreamResponse(headers=SSE_HEADERS)
-            output = _Coalescer(request, response, stats)
-            frames = _client_frames(upstream, dialect, plan, stats, output, config, options.thinking is False)
+    call = await dialect.prepare(chat, options, calls.sender(token))
+    stats = StreamStats()
+    try:
+        async with calls.open(call, token) as upstream:
+            call = replace(call, body={})  # sent: the prompt need not live as long as the stream
+            info.upstream_attempts = upstream.attempts
+            started = time.perf_counter()
             try:
-                rest: AsyncIterator[Frame] = frames
+                if upstream.content_type == "application/json":
+                    # An error body with a 2xx status, where a stream was expected.
+                    dialect.completion(await upstream.read_json(config.limits.max_line_bytes))
+                    raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
+                response = web.StreamResponse(headers=SSE_HEADERS)
+                output = _Coalescer(request, response, stats)
+                frames = _client_frames(upstream, dialect, plan, stats, output, config, options.thinking is False)
                 try:
-                    first = await _first_substantial(frames)  # errors so far still get a JSON status
-                except RelayError as exc:
+                    rest: AsyncIterator[Frame] = frames
+                    try:
+                        first = await _first_substantial(frames)  # errors so far still get a JSON status
+                    except RelayError as exc:
+                        if not response.prepared:
+                            raise  # nothing sent yet: relay_route answers with the right status
+                        first, rest = None, _raising(exc)  # a keep-alive already committed the 200
+                    except ConnectionResetError:
+                        info.client_gone = True
+                        return response
+                    if not response.prepared and (first is None or _ends_empty(first)):
+                        raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
                     if not response.prepared:
-                        raise  # nothing sent yet: relay_route answers with the right status
-                    first, rest = None, _raising(exc)  # a keep-alive already committed the 200
-                except ConnectionResetError:
-                    info.client_gone = True
-                    return response
-                if not response.prepared and (first is None or _ends_empty(first)):
-                    raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
-                if not response.prepared:
-                    await response.prepare(request)
-                # Committed: no retry can resend the prompt now, so it need not live as long as the stream.
-                usage_estimate = partial(usage_for_chars, prompt_chars(chat.messages))
-                chat.release_prompt()
-                encoder = SseEncoder(completion_id=new_completion_id(), created=now(), model=chat.model,
-                                     include_usage=chat.include_usage, stats=stats)
-                chunks = encode_sse(rest, encoder, usage_estimate, first)
-                first = None  # the encoder has it
-                try:
-                    async for data in chunks:
-                        await output.add(data)
-                        del data  # not held while the next chunk is awaited
-                    await output.flush()
-                    await response.write_eof()
-                except (ConnectionResetError, asyncio.CancelledError) as exc:
-                    info.client_gone = True
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    return response
+                        try:
+                            await response.prepare(request)
+                        except ConnectionResetError:  # the client left just as the answer began
+                            info.client_gone = True
+                            return response
+                    # Committed: no retry can resend the prompt now, so it need not live as long as the stream.
+                    usage_estimate = partial(usage_for_chars, prompt_chars(chat.messages))
+                    chat.release_prompt()
+                    encoder = SseEncoder(completion_id=new_completion_id(), created=now(), model=chat.model,
+                                         include_usage=chat.include_usage, stats=stats)
+                    chunks = encode_sse(rest, encoder, usage_estimate, first)
+                    first = None  # the encoder has it
+                    try:
+                        async for data in chunks:
+                            await output.add(data)
+                            del data  # not held while the next chunk is awaited
+                        await output.flush()
+                        await response.write_eof()
+                    except (ConnectionResetError, asyncio.CancelledError) as exc:
+                        info.client_gone = True
+                        if isinstance(exc, asyncio.CancelledError):
+                            raise
+                        return response
+                    finally:
+                        await close_source(chunks)
                 finally:
-                    await close_source(chunks)
+                    await close_source(frames)
+                return response
             finally:
-                await close_source(frames)
-            return response
-        finally:
-            info.bytes_out = stats.bytes_out
-            metrics = app[METRICS]
-            metrics.stream_duration.observe(time.perf_counter() - started)
-            metrics.divergences += stats.divergences
-            metrics.garbage_events += stats.garbage
-            metrics.client_disconnects += info.client_gone
-            stop = dialect.stop_call(call, stats.response_id) if info.client_gone and stats.response_id else None
-            if stop is not None:
-                client.post_in_background(stop.path, stop.body, token=token, event="upstream_stopped")
+                info.bytes_out = stats.bytes_out
+                metrics = app[METRICS]
+                metrics.stream_duration.observe(time.perf_counter() - started)
+                metrics.divergences += stats.divergences
+                metrics.garbage_events += stats.garbage
+                metrics.client_disconnects += info.client_gone
+                metrics.foreign_frames += stats.foreign_frames
+                metrics.dropped_phase_frames += stats.dropped_phase_frames
+    finally:  # also when the call was refused at its head: the chat exists
+        _clean_up(app, calls, call, token, stats.response_id if info.client_gone else None)
 
 
 def _client_frames(upstream: UpstreamResponse, dialect: Dialect, plan: ToolPlan, stats: StreamStats,

@@ -7,7 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..dialects import ChatOptions, Dialect
+from ..calls import Calls
+from ..dialects import ChatOptions
 from ..dialects.options import resolve_options
 from ..errors import AuthenticationFailed, ModelNotFound, RelayError
 from ..keys import MODELS, OPERATOR, POOL_MODELS
@@ -15,7 +16,6 @@ from ..models_cache import CachedModels, Fetch, ModelsCache
 from ..openai_wire import ChatRequest
 from ..operator import Operator
 from ..operator.auth import Caller, identify, with_upstream_token
-from ..upstream import UpstreamClient
 from .common import bearer_token, json_response
 
 __all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_cached", "resolve_request"]
@@ -48,22 +48,24 @@ def _cache_of(app: web.Application, caller: Caller) -> tuple[ModelsCache, str]:
     return app[POOL_MODELS], POOL_CACHE_KEY
 
 
-def fetcher(client: UpstreamClient, dialect: Dialect) -> Fetch:
+def fetcher(calls: Calls) -> Fetch:
     """The upstream call behind the cache."""
+    dialect = calls.dialect
+
     async def fetch(token: str) -> list[dict[str, Any]]:
-        async with client.open("GET", dialect.models_path, token=token) as response:
+        async with calls.open(dialect.models_call(), token) as response:
             payload = await response.read_json(MODELS_MAX_BYTES)
         return dialect.models(payload)
 
     return fetch
 
 
-def pool_fetcher(client: UpstreamClient, dialect: Dialect, operator: Operator) -> Fetch:
+def pool_fetcher(calls: Calls, operator: Operator, challenge_cooldown_s: float) -> Fetch:
     """The upstream call behind the pool's cache: any usable pool token will do."""
-    fetch = fetcher(client, dialect)
+    fetch = fetcher(calls)
 
     async def fetch_with_pool(_key: str) -> list[dict[str, Any]]:
-        return await with_upstream_token(operator, Caller(), fetch)
+        return await with_upstream_token(operator, Caller(), fetch, challenge_cooldown_s)
 
     return fetch_with_pool
 
@@ -99,4 +101,4 @@ def _options(chat: ChatRequest, entry: CachedModels) -> ChatOptions:
     if chat.model not in entry.ids:
         raise ModelNotFound(f"The model `{chat.model}` does not exist or you do not have access to it. "
                             "GET /v1/models lists the ids you can use.", param="model")
-    return resolve_options(chat, entry.variants)
+    return resolve_options(chat, entry.variants, entry.must_think)

@@ -8,6 +8,10 @@ is passed through.
 ``with_upstream_token`` runs one upstream exchange with the caller's token, or
 with pool tokens one after another: a token rejected (401/403) is disabled, a
 token answered 429 cools down, and the exchange is retried on the next token.
+A token answered with risk control (``UpstreamChallenge``) is never tried again
+at once, which would deepen the mark (docs/qwen-protocol.md §7.5): it rests for
+``--challenge-cooldown``, in the pool and in passthrough alike, and a pooled
+request moves on to the next token.
 That retry is safe only while no byte has reached the client; the chat handler
 guarantees it, because once it has prepared its response every error becomes an
 SSE error event instead of an exception leaving the exchange.
@@ -20,7 +24,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ..errors import AuthenticationFailed, UpstreamRateLimited
+from ..errors import AuthenticationFailed, UpstreamChallenge, UpstreamRateLimited
 from ..state import StateBackend
 from .keys import RelayKey
 from .runtime import Operator
@@ -91,17 +95,25 @@ def identify(operator: Operator, presented: str) -> Caller:
     raise AuthenticationFailed("Invalid API key: this relay accepts only its own API keys.")
 
 
-async def with_upstream_token(operator: Operator, caller: Caller, exchange: Callable[[str], Awaitable[T]]) -> T:
+async def with_upstream_token(operator: Operator, caller: Caller, exchange: Callable[[str], Awaitable[T]],
+                              challenge_cooldown_s: float) -> T:
     """Run ``exchange(token)`` with the caller's token, or with pool tokens until one works.
 
     Each pool token is tried at most once per request; the lease is held for
     the whole exchange, so in-flight counts include streams until their end.
     """
     if caller.token is not None:
-        return await exchange(caller.token)
+        resting = operator.resting
+        resting.check(caller.token)
+        try:
+            return await exchange(caller.token)
+        except UpstreamChallenge:
+            resting.rest(caller.token, challenge_cooldown_s)
+            raise
     pool, state = operator.pool, operator.state
     # What other relays sharing the state found out about these tokens (memory: nothing).
     pool.merge(await state.token_flags([entry.fingerprint for entry in pool.tokens]))
+    last_challenge: UpstreamChallenge | None = None
     for _ in range(max(1, len(pool.tokens))):  # never more attempts than tokens: no loop
         with pool.acquire() as entry:  # raises PoolExhausted (503) when none is usable
             try:
@@ -112,4 +124,12 @@ async def with_upstream_token(operator: Operator, caller: Caller, exchange: Call
                 await state.disable_token(entry.fingerprint, reason)
             except UpstreamRateLimited as exc:
                 await state.cool_down_token(entry.fingerprint, pool.cool_down(entry, exc.retry_after_s))
+            except UpstreamChallenge as exc:
+                last_challenge = exc
+                pool.count_challenge(entry)
+                if challenge_cooldown_s > 0:
+                    await state.cool_down_token(entry.fingerprint, pool.cool_down(entry, challenge_cooldown_s,
+                                                                                  "token_challenged"))
+    if last_challenge is not None and not pool.any_active():
+        raise last_challenge
     raise pool.exhausted()

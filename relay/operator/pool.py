@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..errors import PoolExhausted
+from ..errors import PoolExhausted, UpstreamChallenge
 from ..state import TokenFlags
 from .config import Secret
 
-__all__ = ["DEFAULT_COOL_DOWN_S", "PooledToken", "TokenPool", "fingerprint"]
+__all__ = ["DEFAULT_COOL_DOWN_S", "PooledToken", "RestingTokens", "TokenPool", "fingerprint"]
 
 _log = logging.getLogger("relay.upstream")
 
@@ -48,6 +48,8 @@ class PooledToken:
     cooling_until: float = 0.0
     #: why it was taken out of rotation ("upstream_401"), or None while usable.
     disabled: str | None = None
+    #: risk-control answers this token met (§7.5).
+    challenges: int = 0
 
     @property
     def token(self) -> str:
@@ -111,13 +113,20 @@ class TokenPool:
             entry.disabled = reason
             _log.warning("token_disabled", extra={"fields": {"token_fingerprint": entry.fingerprint, "reason": reason}})
 
-    def cool_down(self, entry: PooledToken, seconds: float | None) -> float:
+    def cool_down(self, entry: PooledToken, seconds: float | None, event: str = "token_cooling") -> float:
         """Take ``entry`` out of rotation for ``seconds`` (default 60); return the seconds applied."""
         seconds = DEFAULT_COOL_DOWN_S if seconds is None or seconds <= 0 else seconds
         entry.cooling_until = max(entry.cooling_until, self._clock() + seconds)
-        _log.warning("token_cooling", extra={"fields": {"token_fingerprint": entry.fingerprint,
-                                                        "seconds": round(seconds, 3)}})
+        _log.warning(event, extra={"fields": {"token_fingerprint": entry.fingerprint,
+                                              "seconds": round(seconds, 3)}})
         return seconds
+
+    def count_challenge(self, entry: PooledToken) -> None:
+        entry.challenges += 1
+
+    def any_active(self) -> bool:
+        now = self._clock()
+        return any(entry.state(now) == "active" for entry in self._tokens)
 
     def _choose(self) -> PooledToken:
         now = self._clock()
@@ -143,3 +152,45 @@ class TokenPool:
                                  retry_after_s=max(1, math.ceil(min(cooling))))
         return PoolExhausted("No upstream Qwen token of this relay is usable (all were rejected by Qwen "
                              "Chat or none is configured); the operator must add fresh tokens.")
+
+
+class RestingTokens:
+    """Passthrough tokens resting after risk control: refused at once, the upstream untouched.
+
+    The caller owns the token, but a retry at once would deepen the mark on the
+    caller's account (§7.5), so the relay answers for Qwen Chat until the rest
+    is over. Per process; bounded, the oldest entry going first.
+    """
+
+    _MAX_ENTRIES = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until: dict[str, float] = {}
+
+    def rest(self, token: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        key = fingerprint(token)
+        self._until.pop(key, None)
+        self._until[key] = self._clock() + seconds
+        while len(self._until) > self._MAX_ENTRIES:
+            del self._until[next(iter(self._until))]
+        _log.warning("token_challenged", extra={"fields": {"token_fingerprint": key, "seconds": round(seconds, 3)}})
+
+    def check(self, token: str) -> None:
+        """Raise the challenge again while ``token`` rests (502 ``upstream_challenge`` with Retry-After)."""
+        if not self._until:
+            return
+        key = fingerprint(token)
+        until = self._until.get(key)
+        if until is None:
+            return
+        left = until - self._clock()
+        if left <= 0:
+            del self._until[key]
+            return
+        raise UpstreamChallenge(
+            f"Qwen Chat answered this token with risk control; it rests {math.ceil(left)} s more "
+            "(--challenge-cooldown), because retrying at once deepens the mark. Meanwhile refresh the "
+            "browser session of this account, or use another account or egress.", retry_after_s=math.ceil(left))

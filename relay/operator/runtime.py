@@ -14,7 +14,7 @@ import time
 from ..state import MemoryState, StateBackend
 from .config import OperatorConfig
 from .keys import KeyRing
-from .pool import TokenPool
+from .pool import RestingTokens, TokenPool
 
 __all__ = ["Operator"]
 
@@ -28,6 +28,8 @@ class Operator:
         self.state: StateBackend = state if state is not None else MemoryState()
         self.keys = KeyRing(config.keys)
         self.pool = TokenPool(config.tokens)
+        #: passthrough tokens resting after risk control.
+        self.resting = RestingTokens()
 
     @property
     def mode(self) -> str:
@@ -69,6 +71,10 @@ class Operator:
             for state in ("active", "cooling", "disabled"):
                 out.append(f'qwen_relay_token_state{{token="{entry.fingerprint}",state="{state}"}} '
                            f"{int(state == current)}")
+        family("qwen_relay_token_challenges_total", "counter",
+               "Risk-control answers per pool token fingerprint.")
+        for entry in tokens:
+            out.append(f'qwen_relay_token_challenges_total{{token="{entry.fingerprint}"}} {entry.challenges}')
         family("qwen_relay_token_in_flight", "gauge", "Upstream requests in flight per pool token fingerprint.")
         for entry in tokens:
             out.append(f'qwen_relay_token_in_flight{{token="{entry.fingerprint}"}} {entry.in_flight}')

@@ -4,6 +4,12 @@ This is the one boundary where transport errors and timeouts become
 ``Upstream*`` errors (encode/httpcore's ``map_exceptions``), always chained
 with ``raise ... from``. Above it, nothing knows about sockets.
 
+It knows HTTP only: status, headers, bytes, timeouts. What an answer means in
+Qwen Chat's conventions (a status in ``x-actual-status-code``, risk control, a
+WAF page) is the dialect's call: the client hands every answer that is not
+plainly successful to the ``refusal`` function it was given, and retries when
+that says another attempt may help. The request headers come with each call.
+
 Timeouts: ``--timeout`` bounds the connect (pool wait included), then the wait
 for the response head, then each silent gap while reading the body: the pool's
 one ticker checks every busy connection (``http1``), and the gap clock pauses
@@ -16,21 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import Config
-from ..dialects.common import describe_error, error_from_payload
 from ..errors import (
-    AuthenticationFailed,
     RelayError,
     StreamLimitExceeded,
-    UpstreamChallenge,
-    UpstreamError,
+    UpstreamInterrupted,
     UpstreamProtocolError,
-    UpstreamRateLimited,
-    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -46,25 +48,48 @@ from .http1 import (
     ProtocolViolation,
     ReadTimeout,
 )
-from .retry import backoff_s, parse_retry_after
+from .retry import backoff_s
 
-__all__ = ["BROWSER_HEADERS", "UpstreamClient", "UpstreamResponse"]
+__all__ = ["BackgroundRequest", "Exchange", "Headers", "Refusal", "RefusalCheck", "UpstreamClient", "UpstreamResponse"]
 
 _log = logging.getLogger("relay.upstream")
 
-#: What working relays send (§1); the original sent only Authorization + Content-Type.
-BROWSER_HEADERS = {
-    "User-Agent": ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
-                   "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
-    "Accept-Language": "en-US,en;q=0.9",
-    "Accept-Encoding": ACCEPT_ENCODING,
-}
+Headers = Sequence[tuple[str, str]]
 _ERROR_BODY_BYTES = 64 * 1024
 #: bounds a chat-creation or stop answer: a few hundred bytes in practice.
 _SMALL_JSON_BYTES = 1024 * 1024
-_CHALLENGE_MARKERS = (b"aliyun_waf", b"FAIL_SYS_USER_VALIDATE", b"RGV587_ERROR", b"punish", b"x5sec", b"baxia")
 #: keep-alive connections beyond the concurrency limit (models fetches, stop requests).
 POOL_HEADROOM = 32
+#: background calls (stop, delete) in flight at once; more wait their turn, up to the backlog.
+_BACKGROUND_CONCURRENCY = 8
+#: background calls beyond this are dropped (logged): a chat left behind beats unbounded memory.
+_BACKGROUND_BACKLOG = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundRequest:
+    """One call of ``send_in_background``; ``event`` is logged when it is done (``…_failed`` if not)."""
+
+    method: str
+    path: str
+    headers: Headers
+    body: dict[str, Any] | None
+    event: str
+
+
+class Refusal(Protocol):
+    """What a refused answer means (``relay.dialects.v2_errors.Refusal`` is one)."""
+
+    @property
+    def error(self) -> RelayError: ...
+    @property
+    def retryable(self) -> bool: ...
+    @property
+    def retry_after_s(self) -> float | None: ...
+
+
+#: (status, headers, content type, start of the body) → what it means, or None if it is fine.
+RefusalCheck = Callable[[int, Mapping[str, str], str, bytes], Refusal | None]
 #: the upstream response headers this module reads; the others are not kept.
 HEADERS_READ = frozenset({"content-type", "content-encoding", "x-actual-status-code", "retry-after"})
 
@@ -165,29 +190,28 @@ class UpstreamResponse:
         """A transport fault while reading the body, as the ``Upstream*`` error it means."""
         if isinstance(exc, ReadTimeout):
             return UpstreamTimeout(f"The upstream was silent for more than {self._timeout_s:g} s (--timeout).")
-        return UpstreamUnavailable("The upstream connection broke in the middle of the answer.")
+        return UpstreamInterrupted("The upstream connection broke in the middle of the answer.")
 
 
 class UpstreamClient:
-    """Requests to one Qwen Chat origin over a shared keep-alive pool."""
+    """Requests to one origin over a shared keep-alive pool."""
 
-    def __init__(self, origin: str, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, origin: str, config: Config, metrics: Metrics | None = None, *,
+                 refusal: RefusalCheck) -> None:
         self._origin = origin.rstrip("/")
         self._config = config
         self._metrics = metrics if metrics is not None else Metrics()
+        self._refusal = refusal
         timeout_s = config.timeouts.upstream_s
         self._pool = Http1Pool(self._origin, limit=config.limits.max_concurrency + POOL_HEADROOM,
                                connect_timeout_s=timeout_s, read_timeout_s=timeout_s,
                                keep_headers=HEADERS_READ)
-        # The web app's own Origin/Referer and "source" (§1 [C]); the original sent none.
-        headers = {"Host": self._pool.host_header, **BROWSER_HEADERS, "Origin": self._origin,
-                   "Referer": self._origin + "/", "source": "web"}
-        headers = _merged(headers, config.upstream_headers)
-        #: the request head after the request line, up to the per-request headers.
-        self._fixed_head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        #: the request head after the request line, before the call's own headers.
+        self._fixed_head = f"Host: {self._pool.host_header}\r\nAccept-Encoding: {ACCEPT_ENCODING}\r\n"
         #: responses being read right now, so a drain can end them at its deadline.
         self._open: set[UpstreamResponse] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._background_slots = asyncio.Semaphore(_BACKGROUND_CONCURRENCY)
 
     @property
     def origin(self) -> str:
@@ -197,24 +221,34 @@ class UpstreamClient:
         """Close the idle keep-alive connections (open responses belong to their handlers)."""
         await self._pool.close()
 
-    async def post_json(self, path: str, body: dict[str, Any], *, token: str) -> Any:
-        """POST a JSON body and return the decoded JSON answer (e.g. qwen-v2 chat creation)."""
-        async with self.open("POST", path, token=token, json_body=body) as response:
+    async def send_json(self, method: str, path: str, headers: Headers, body: dict[str, Any] | None) -> Any:
+        """Send a call and return its decoded JSON answer (chat creation, stop, delete)."""
+        async with self.open(method, path, headers=headers, json_body=body) as response:
             return await response.read_json(_SMALL_JSON_BYTES)
 
-    def post_in_background(self, path: str, body: dict[str, Any], *, token: str, event: str) -> None:
-        """Fire a short request that nobody waits for (the stop request after a client left).
+    def send_in_background(self, requests: Sequence[BackgroundRequest]) -> None:
+        """Fire short calls, one after another, that nobody waits for (stop, then delete a chat).
 
-        Runs as its own task, because the handler that wants it is being
-        cancelled; tasks are kept referenced until done, failures only logged.
+        Runs as its own task, because the handler that wants it may be being
+        cancelled; at most ``_BACKGROUND_CONCURRENCY`` such tasks send at once,
+        and past ``_BACKGROUND_BACKLOG`` waiting they are dropped (logged).
+        Failures are only logged: a client never waits for, or fails by, these.
         """
+        if not requests:
+            return
+        if len(self._background) >= _BACKGROUND_BACKLOG:
+            _log.warning("upstream_background_skipped", extra={"fields": {"reason": "backlog_full"}})
+            return
+
         async def send() -> None:
-            try:
-                async with asyncio.timeout(self._config.timeouts.upstream_s):
-                    await self.post_json(path, body, token=token)
-                _log.info(event)
-            except (RelayError, TimeoutError) as exc:
-                _log.warning(event + "_failed", extra={"fields": {"error": type(exc).__name__}})
+            async with self._background_slots:
+                for request in requests:
+                    try:
+                        async with asyncio.timeout(self._config.timeouts.upstream_s):
+                            await self.send_json(request.method, request.path, request.headers, request.body)
+                        _log.info(request.event)
+                    except (RelayError, TimeoutError) as exc:
+                        _log.warning(request.event + "_failed", extra={"fields": {"error": type(exc).__name__}})
 
         task = asyncio.get_running_loop().create_task(send())
         self._background.add(task)
@@ -227,8 +261,7 @@ class UpstreamClient:
             response.abort(error)
         return len(responses)
 
-    def open(self, method: str, path: str, *, token: str, json_body: dict[str, Any] | None = None,
-             stream: bool = False) -> _Exchange:
+    def open(self, method: str, path: str, *, headers: Headers, json_body: dict[str, Any] | None = None) -> Exchange:
         """``async with client.open(...) as response``: send, retrying before the first byte.
 
         The response is closed (not released to the pool) unless it was read to
@@ -236,8 +269,7 @@ class UpstreamClient:
         how a client disconnect stops the upstream from generating.
         """
         data = dumps(json_body) if json_body is not None else None
-        head = self._head(method, path, token, "text/event-stream" if stream else "application/json", data)
-        return _Exchange(self, head, data)
+        return Exchange(self, self._head(method, path, headers, data), data)
 
     async def _send(self, head: bytes, data: bytes | None) -> UpstreamResponse:
         timeouts = self._config.timeouts
@@ -278,14 +310,14 @@ class UpstreamClient:
         self._open.discard(response)
         response.close()
 
-    def _head(self, method: str, path: str, token: str, accept: str, data: bytes | None) -> bytes:
-        """The request head: fixed headers once per client, four per request."""
-        if "\r" in token or "\n" in token:  # also checked at the edge; a header must never split here
-            raise AuthenticationFailed("The bearer token is malformed.")
+    def _head(self, method: str, path: str, headers: Headers, data: bytes | None) -> bytes:
+        """The request head: the client's two fixed headers, then the call's own."""
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        if "\n" in lines.replace("\r\n", "") or "\r" in lines.replace("\r\n", ""):
+            # Also checked at the edge (tokens, config): a header must never split here.
+            raise UpstreamProtocolError("An upstream request header holds a line break.")
         body_headers = f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n" if data is not None else ""
-        return (f"{method} {self._pool.base_path}{path} HTTP/1.1\r\n{self._fixed_head}"
-                f"Authorization: Bearer {token}\r\nAccept: {accept}\r\n{body_headers}\r\n"
-                ).encode()
+        return f"{method} {self._pool.base_path}{path} HTTP/1.1\r\n{self._fixed_head}{lines}{body_headers}\r\n".encode()
 
     def _transport_error(self, exc: Http1Error | OSError) -> Exception:
         """What a failed send or head wait means: a timeout, not HTTP, or retryable."""
@@ -305,47 +337,27 @@ class UpstreamClient:
             raise
 
     async def _check(self, response: Http1Response) -> None:
-        """Raise what a non-plain answer means (see ``_plainly_successful``), reading its start if needed."""
-        status = response.status
+        """Raise what a non-plain answer means, as the dialect's ``refusal`` reads it.
+
+        The body's start is read only for an answer that looks refused (not 2xx,
+        HTML, or a 2xx whose ``x-actual-status-code`` says otherwise): a stream
+        is never read ahead here.
+        """
         actual = response.headers.get("x-actual-status-code", "")
-        if 200 <= status < 300 and actual.isdigit() and int(actual) >= 400:
-            # qwen-v2 sends JSON errors as HTTP 200 with the real status here (§4.5).
-            status = int(actual)
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        if 200 <= status < 300:
-            if response.content_type == "text/html":
-                head = await _read_some(response)
-                raise _Retryable(_challenge(head, status))
+        if (200 <= response.status < 300 and response.content_type != "text/html"
+                and not (actual.isdigit() and int(actual) >= 400)):
             return
         head = await _read_some(response)
-        if 300 <= status < 400:
-            raise UpstreamProtocolError(
-                f"Qwen Chat redirected the API request (HTTP {status}); check --upstream.")
-        if status >= 500:
-            if response.content_type == "text/html" and _is_challenge(head):
-                raise _Retryable(_challenge(head, status))
-            raise _Retryable(UpstreamUnavailable(
-                f"The upstream failed with HTTP {status} on every attempt ({_detail(head)})."), retry_after)
-        v2_error = _v2_error(head)
-        if v2_error is not None and status < 500:
-            mapped = error_from_payload(v2_error, status)
-            if isinstance(mapped, UpstreamRateLimited) and retry_after is not None:
-                mapped.retry_after_s = retry_after
-            raise mapped
-        if status in (401, 403):
-            raise AuthenticationFailed(
-                f"Qwen Chat rejected the token (HTTP {status}: {_detail(head)}). Sign in to Qwen Chat "
-                "again and use a fresh token.")
-        if status == 429:
-            raise UpstreamRateLimited(f"Qwen Chat is rate limiting this token ({_detail(head)}).",
-                                      retry_after_s=retry_after if retry_after is not None else 60.0)
-        if response.content_type == "text/html" and _is_challenge(head):
-            raise _Retryable(_challenge(head, status))
-        raise UpstreamRejected(f"Qwen Chat refused the request with HTTP {status}: {_detail(head)}",
-                               status=status if status in (400, 404, 413, 422) else 400)
+        refusal = self._refusal(response.status, response.headers, response.content_type, head)
+        if refusal is None:
+            raise UpstreamProtocolError(f"The upstream answered HTTP {response.status} with a body it could "
+                                        "not be read as an answer.")
+        if refusal.retryable:
+            raise _Retryable(refusal.error, refusal.retry_after_s)
+        raise refusal.error
 
 
-class _Exchange:
+class Exchange:
     """What ``async with client.open(...)`` runs: a class, not a generator.
 
     A generator-based context manager keeps its arguments (the request body)
@@ -392,52 +404,3 @@ async def _read_some(response: Http1Response) -> bytes:
     except (RelayError, Http1Error):
         pass
     return body[:_ERROR_BODY_BYTES]
-
-
-def _merged(headers: dict[str, str], extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    """``headers`` with ``extra`` applied, names compared case-insensitively (config wins)."""
-    merged = {name.lower(): (name, value) for name, value in headers.items()}
-    for name, value in extra:
-        if any(ch in name + value for ch in "\r\n\0"):
-            raise ValueError(f"upstream header {name!r} holds a line break")
-        merged[name.lower()] = (name, value)
-    return dict(merged.values())
-
-
-def _detail(body: bytes) -> str:
-    """A short, JSON-safe description of an upstream error body."""
-    try:
-        payload = loads(body)
-    except (ValueError, RecursionError):
-        text = body[:200].decode("utf-8", "replace").strip()
-        return text if text and not text.startswith("<") else "no details"
-    if isinstance(payload, dict):
-        for key in ("error", "detail", "data", "message"):
-            if key in payload:
-                code, message = describe_error(payload[key])
-                return f"{code}: {message}" if code and message else (message or code or "no details")
-    return "no details"
-
-
-def _v2_error(body: bytes) -> dict[str, Any] | None:
-    """The ``data`` of a qwen-v2 ``{"success": false, "data": {"code": ...}}`` body."""
-    try:
-        payload = loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(payload, dict) and payload.get("success") is False and isinstance(payload.get("data"), dict):
-        data: dict[str, Any] = payload["data"]
-        return data
-    return None
-
-
-def _is_challenge(body: bytes) -> bool:
-    return any(marker in body for marker in _CHALLENGE_MARKERS)
-
-
-def _challenge(body: bytes, status: int) -> UpstreamError:
-    kind = "an anti-bot (WAF) challenge page" if _is_challenge(body) else "an HTML page"
-    return UpstreamChallenge(
-        f"Qwen Chat answered with {kind} (HTTP {status}) instead of the API response, on every "
-        "attempt. Its firewall is blocking this server's requests; retry later, or from another address."
-    )

@@ -325,7 +325,8 @@ async def test_qwen_v2_creates_the_chat_and_streams_on_the_same_pool_token(
                                     json=chat_body(stream=stream, text=directive(reply="v2 pooled"))) as response:
                 assert response.status == 200
                 await response.read()
-    calls = [(r.path, r.token_fingerprint) for r in emulator.state.log if r.path.startswith("/api/v2/chat")]
+    calls = [(r.path, r.token_fingerprint) for r in emulator.state.log
+             if r.path.startswith("/api/v2/chat") and r.method == "POST"]
     assert len(calls) == 6
     for new, completion in zip(calls[::2], calls[1::2], strict=True):
         assert new[0] == "/api/v2/chats/new" and completion[0] == "/api/v2/chat/completions"
