@@ -6,6 +6,11 @@ v1 paths) and ``qwen-v2`` (chats, ``response.created``, thinking summaries, usag
 (``--upstream emulator``) and the benchmarks. Tests steer each request with a
 ``#emulator {...}`` line in a message (``directive.py``), or arm a fault for a path
 (``EmulatorState.arm``); see QWEN_PROTOCOL.md §6 for what is reproduced.
+
+By default the qwen-v2 writes are as strict as the 2026 service (§7, ``strict.py``):
+cookie auth, the browser header set, fresh request ids, the 2026 body shape; a
+refused request gets the risk-control JSON or a v2 error, as the service answers.
+``EmulatorConfig(strict=False)`` (``--lenient``) keeps the pre-2026 behaviour.
 """
 
 from relay.emulator.config import EmulatorConfig

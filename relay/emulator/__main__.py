@@ -1,6 +1,8 @@
 """Run the emulator standalone: ``python -m relay.emulator --port 9000``.
 
-Useful for pointing a relay in another process (or curl) at a fake Qwen.
+Useful for pointing a relay in another process (or curl) at a fake Qwen. Strict
+about qwen-v2 writes by default, as the 2026 service is (§7); ``--lenient`` accepts
+pre-2026 requests (a Bearer token, no browser headers) for a quick curl.
 """
 
 from __future__ import annotations
@@ -53,16 +55,31 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="TOKEN",
         help="answer this Bearer token 401 (repeatable; default: expired-token)",
     )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip the 2026 checks on qwen-v2 writes: Bearer or cookie, no header or body-shape checks",
+    )
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    config = EmulatorConfig(
+def build_config(argv: Sequence[str] | None = None) -> EmulatorConfig:
+    """Turn command-line flags into the emulator's config."""
+    return _config(_parse_args(argv))
+
+
+def _config(args: argparse.Namespace) -> EmulatorConfig:
+    return EmulatorConfig(
         expired_tokens=frozenset(args.expired_token or ["expired-token"]),
         valid_tokens=frozenset(args.valid_token) if args.valid_token else None,
         default_chunks=args.chunks,
         default_delay_ms=args.delay_ms,
+        strict=not args.lenient,
     )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = _config(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

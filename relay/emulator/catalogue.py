@@ -9,6 +9,10 @@ search variants, and at least one model lacks each capability.
 thinking the web app distinguishes; what 1, 2 and 3 mean is not in the notes, so
 relays should treat any non-zero value as "can think". The capability table is
 invented from the public model descriptions, not captured.
+
+``info.meta.think_skip.enable`` (§7.3 [S]) is on every model that can think:
+``true`` where thinking can be switched off, ``false`` for the qwen3.8 line, which
+answers ``thinking_enabled: false`` with an in-stream ``invalid_input``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class ModelCaps:
     thinking: int
     vision: bool
     max_context_length: int
+    # think_skip.enable: False for models that always think (§7.3).
+    can_skip_thinking: bool = True
 
     @property
     def can_think(self) -> bool:
@@ -51,6 +57,7 @@ _CAPS = {
     "qwen3-235b-a22b": ModelCaps("Qwen3-235B-A22B-2507", ("t2t", "search", "t2i"), 1, True, 131_072),
     "qwen3-coder-plus": ModelCaps("Qwen3-Coder", ("t2t", "search", "artifacts"), 0, False, 1_000_000),
     "qwen3-max": ModelCaps("Qwen3-Max", _FULL, 3, True, 262_144),
+    "qwen3.8-plus": ModelCaps("Qwen3.8-Plus", _T2T_SEARCH, 1, True, 1_000_000, can_skip_thinking=False),
 }
 
 
@@ -66,20 +73,21 @@ def capabilities(model_id: str) -> ModelCaps:
 
 def _entry(model_id: str) -> dict[str, Any]:
     caps = capabilities(model_id)
+    meta: dict[str, Any] = {
+        "short_description": f"{caps.name} (emulated)",
+        "capabilities": {"vision": caps.vision},
+        "max_context_length": caps.max_context_length,
+        "chat_type": list(caps.chat_types),
+        "abilities": {"thinking": caps.thinking},
+    }
+    if caps.can_think:
+        meta["think_skip"] = {"enable": caps.can_skip_thinking}
     return {
         "id": model_id,
         "name": caps.name,
         "object": "model",
         "owned_by": "qwen",
-        "info": {
-            "meta": {
-                "short_description": f"{caps.name} (emulated)",
-                "capabilities": {"vision": caps.vision},
-                "max_context_length": caps.max_context_length,
-                "chat_type": list(caps.chat_types),
-                "abilities": {"thinking": caps.thinking},
-            }
-        },
+        "info": {"meta": meta},
         "preset": True,
     }
 

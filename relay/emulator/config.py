@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 __all__ = ["DEFAULT_MODELS", "EmulatorConfig"]
 
-# Ids seen on chat.qwen.ai in Feb-Mar 2025 (QWEN_PROTOCOL.md §2.1), then v2-era ids;
+# Ids seen on chat.qwen.ai in Feb-Mar 2025 (QWEN_PROTOCOL.md §2.1), then v2-era ids
+# (qwen3.8-plus: the 2026 line that cannot skip thinking, §7.3);
 # enough variety to exercise vision, thinking and search flags (catalogue.py)
 # without pretending to be the full catalogue. New ids go last: relay tests pick
 # the first as their default model.
@@ -23,6 +24,7 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "qwen3-235b-a22b",
     "qwen3-coder-plus",
     "qwen3-max",
+    "qwen3.8-plus",
 )
 
 
@@ -31,8 +33,13 @@ class EmulatorConfig:
     """Behaviour of the emulator when a request carries no directive.
 
     Tokens are plain strings on purpose: they are fake test tokens, and the request
-    log only ever stores their fingerprint.
+    log only ever stores their fingerprint (recorded headers and cookies included).
     """
+
+    # Answer qwen-v2 writes as strictly as the 2026 service (§7, ``strict.py``):
+    # cookie auth, browser headers, fresh request ids, the 2026 body shape. False
+    # (``--lenient``) keeps the pre-2026 behaviour: Bearer or cookie, no header checks.
+    strict: bool = True
 
     # Bearer tokens answered 401, as an expired Qwen JWT would be (§2.5).
     expired_tokens: frozenset[str] = frozenset({"expired-token"})

@@ -17,6 +17,27 @@ is a 400 naming the field, so a typo in a test shows up as a clear failure inste
 of a silently ignored fault. Fields that do not apply to a dialect (``keepalive_info``
 on v1, ``rewrite`` on the always-incremental v2) are accepted and ignored there, so
 one test body can run against every dialect.
+
+2026 stream shapes (§7.4, qwen-v2 only; accepted and ignored on the v1 paths):
+
+- ``candidates: 2`` opens two candidate responses in one stream: two
+  ``response.created`` (``response_index`` "0" and "1", distinct ids), then the
+  frames of both interleaved, each with its ``response_id``. The second answers
+  "ALT " + every piece (thinking too) and has its own finished frames, so a relay
+  that does not follow the first response only shows doubled, wrong text.
+- ``extra_phases: ["code_interpreter", "mystery", ...]`` sends, after thinking and
+  before the answer, frames of those phases with content ``"LEAK:<phase>"`` (status
+  ``typing``; ``running`` for ``code_interpreter``), then each phase's finished
+  frame; ``web_search`` adds the tool-ish frame with ``function_call`` and
+  ``extra.display_position: "think"``. None of that text may reach the answer.
+- ``stream_error_form`` (needs ``stream_error``) picks how the in-stream error is
+  written: ``"error"`` (default, ``{"error": {"code", "details"}}``),
+  ``"success_false"`` (``{"success": false, "request_id", "data": {...}}``),
+  ``"string"`` (``{"error": "Internal error!"}``, code ignored) or ``"bare_json"``
+  (v2: the whole body is that ``success: false`` JSON, no ``data:`` prefix, under
+  ``text/event-stream``; on the v1 paths it sends the ``success_false`` event).
+- ``fault: "risk_control"`` answers the §7.5 risk-control JSON (HTTP 200) instead of
+  the completion; it can also be armed for a path (``EmulatorState.arm``).
 """
 
 from __future__ import annotations
@@ -28,6 +49,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+from relay.emulator import directive_fields as check
+from relay.emulator.directive_fields import DirectiveError
 from relay.emulator.tool_calls import ToolCallSpec
 
 __all__ = [
@@ -58,6 +81,7 @@ HTTP_FAULTS = frozenset(
         "http_401",
         "http_403",
         "http_429",
+        "risk_control",
     }
 )
 # Faults that shape an SSE stream (or delay a non-stream answer).
@@ -83,11 +107,8 @@ MAX_KEEPALIVE_INFO = 10_000
 Split = Literal["event", "byte", "coalesce"]
 Rewrite = Literal["change", "shrink"]
 SummaryMode = Literal["cumulative", "incremental"]
+StreamErrorForm = Literal["error", "success_false", "string", "bare_json"]
 ThinkPhase = Literal["think", "thinking_summary"]
-
-
-class DirectiveError(ValueError):
-    """A directive line that cannot be honoured; answered 400 with its message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +151,12 @@ class Directive:
     actual_status: int | None = None
     num: int | None = None
     details: str | None = None
+    # How stream_error is written (see the module docstring).
+    stream_error_form: StreamErrorForm = "error"
+    # v2: 2 opens a second, interleaved candidate response (§7.4).
+    candidates: int = 1
+    # v2: phases whose "LEAK:<phase>" frames precede the answer (§7.4).
+    extra_phases: tuple[str, ...] = ()
     # The answer as tool calls: text_before, then one <tool_call> block per call,
     # then a broken block if malformed_tool_call (see tool_calls.py).
     tool_calls: tuple[ToolCallSpec, ...] | None = None
@@ -227,127 +254,47 @@ def build_directive(raw: Mapping[str, Any]) -> Directive:
     for name in ("num", "details"):
         if name in values and fault != "v2_error" and "stream_error" not in values:
             raise DirectiveError(f"directive field {name} needs fault v2_error or stream_error")
+    if "stream_error_form" in values and "stream_error" not in values:
+        raise DirectiveError("directive field stream_error_form needs stream_error")
     return Directive(source=dict(raw), **values)
 
 
-def _string(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise DirectiveError(f"directive field {name} must be a string")
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise DirectiveError(f"directive field {name} must be true or false")
-    return value
-
-
-def _count(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
-    def check(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise DirectiveError(f"directive field {name} must be an integer >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise DirectiveError(f"directive field {name} must be at most {maximum}")
-        return value
-
-    return check
-
-
-def _millis(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise DirectiveError(f"directive field {name} must be a number >= 0")
-    return float(value)
-
-
-def _pieces(name: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
-        raise DirectiveError(f"directive field {name} must be a non-empty list of strings")
-    return tuple(value)
-
-
-def _choice(*allowed: str) -> Callable[[str, Any], str]:
-    def check(name: str, value: Any) -> str:
-        if value not in allowed:
-            raise DirectiveError(f"directive field {name} must be one of {allowed!r}")
-        return str(value)
-
-    return check
-
-
-def _rewrite(name: str, value: Any) -> str | None:
-    """Accept true (= "change"), false, or the mode name."""
-    if value is True:
-        return "change"
-    if value is False:
-        return None
-    return _choice("change", "shrink")(name, value)
-
-
-def _sources(name: str, value: Any) -> tuple[Mapping[str, Any], ...]:
-    """Accept a list of ``{"title", "url"}`` objects; other keys pass through (snippet…)."""
-    if not isinstance(value, list):
-        raise DirectiveError(f"directive field {name} must be a list of objects")
-    for item in value:
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("title", "url")):
-            raise DirectiveError(f"each item of directive field {name} needs string title and url")
-    return tuple(MappingProxyType(dict(item)) for item in value)
-
-
-def _tool_calls(name: str, value: Any) -> tuple[ToolCallSpec, ...]:
-    """Accept a non-empty list of ``{"name": str, "arguments": object | str}``.
-
-    ``arguments`` may be left out (the block then has none) or be a string, which is
-    written as a JSON string: how a model that stringifies its arguments answers.
-    """
-    if not isinstance(value, list) or not value:
-        raise DirectiveError(f"directive field {name} must be a non-empty list of objects")
-    calls = []
-    for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise DirectiveError(f"each item of directive field {name} needs a string name")
-        unknown = sorted(set(item) - {"name", "arguments"})
-        if unknown:
-            raise DirectiveError(f"unknown key(s) in directive field {name}: {', '.join(unknown)}")
-        arguments = item.get("arguments")
-        if "arguments" in item and not isinstance(arguments, (dict, str)):
-            raise DirectiveError(f"arguments in directive field {name} must be an object or a string")
-        calls.append(ToolCallSpec(item["name"], arguments, has_arguments="arguments" in item))
-    return tuple(calls)
-
-
 _FIELDS: dict[str, Callable[[str, Any], Any]] = {
-    "reply": _string,
-    "think": _string,
-    "chunks": _count(1),
-    "pieces": _pieces,
-    "delay_ms": _millis,
-    "ttfb_ms": _millis,
-    "done": _flag,
-    "line_ending": _choice("\n", "\r\n", "\r"),
-    "split": _choice("event", "byte", "coalesce"),
-    "keepalive": _flag,
-    "trailing_space": _flag,
-    "repeat_identical": _flag,
-    "rewrite": _rewrite,
-    "garbage": _flag,
-    "usage": _flag,
-    "key": _string,
-    "fail_times": _count(0),
-    "fault": _string,
-    "retry_after": _millis,
-    "stall_ms": _millis,
-    "after": _count(0),
-    "size": _count(1, MAX_OVERSIZED_LINE_BYTES),
-    "sources": _sources,
-    "summary_mode": _choice("cumulative", "incremental"),
-    "think_phase": _choice("think", "thinking_summary"),
-    "keepalive_info": _count(0, MAX_KEEPALIVE_INFO),
-    "stream_error": _string,
-    "code": _string,
-    "actual_status": _count(100, 599),
-    "num": _count(0),
-    "details": _string,
-    "tool_calls": _tool_calls,
-    "text_before": _string,
-    "malformed_tool_call": _flag,
+    "reply": check.string,
+    "think": check.string,
+    "chunks": check.count(1),
+    "pieces": check.pieces,
+    "delay_ms": check.millis,
+    "ttfb_ms": check.millis,
+    "done": check.flag,
+    "line_ending": check.choice("\n", "\r\n", "\r"),
+    "split": check.choice("event", "byte", "coalesce"),
+    "keepalive": check.flag,
+    "trailing_space": check.flag,
+    "repeat_identical": check.flag,
+    "rewrite": check.rewrite,
+    "garbage": check.flag,
+    "usage": check.flag,
+    "key": check.string,
+    "fail_times": check.count(0),
+    "fault": check.string,
+    "retry_after": check.millis,
+    "stall_ms": check.millis,
+    "after": check.count(0),
+    "size": check.count(1, MAX_OVERSIZED_LINE_BYTES),
+    "sources": check.sources,
+    "summary_mode": check.choice("cumulative", "incremental"),
+    "think_phase": check.choice("think", "thinking_summary"),
+    "keepalive_info": check.count(0, MAX_KEEPALIVE_INFO),
+    "stream_error": check.string,
+    "code": check.string,
+    "actual_status": check.count(100, 599),
+    "num": check.count(0),
+    "details": check.string,
+    "tool_calls": check.tool_calls,
+    "text_before": check.string,
+    "malformed_tool_call": check.flag,
+    "stream_error_form": check.choice("error", "success_false", "string", "bare_json"),
+    "candidates": check.count(1, 2),
+    "extra_phases": check.phases,
 }

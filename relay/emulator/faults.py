@@ -7,11 +7,14 @@ emulator version defined it. Nothing here does I/O; the server turns
 Two error styles exist: the Open-WebUI ``{"detail": …}`` of qwen-v1 (§2.5, [I]) and
 the v2 envelope ``{"success": false, "request_id", "data": {"code", "details"}}``
 sent with HTTP 200 and the real status in ``x-actual-status-code`` (§4.5, [C]).
+A third is the 2026 risk-control ("x5sec") JSON on HTTP 200 (§7.5 [C]), answered
+for the ``risk_control`` fault and by the strict checks (``strict.py``).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ __all__ = [
     "error_event",
     "http_fault",
     "parse_directive",
+    "risk_control_body",
     "strip_directives",
     "v2_error_body",
     "v2_status_for",
@@ -70,6 +74,9 @@ _V2_STATUS = {
     "RateLimited": 429,
     "Too_Many_Requests": 429,
     "ContextLengthExceeded": 400,
+    "RequestValidationError": 422,
+    "invalid_input": 400,
+    "PARENT_NOT_FOUND": 404,
 }
 # [I] Wording is not captured; relays must not depend on it, only on the code.
 _V2_DETAILS = {
@@ -81,7 +88,18 @@ _V2_DETAILS = {
     "RateLimited": "You have reached the usage limit. Please try again later.",
     "Too_Many_Requests": "Too many requests. Please try again later.",
     "ContextLengthExceeded": "The input exceeds the model's context length.",
+    "RequestValidationError": "request validation error",
+    "invalid_input": "invalid input",
+    "PARENT_NOT_FOUND": "parent message not found",
 }
+# The in-stream error the 2026 service sends as a bare string (§7.4 [C]).
+INTERNAL_ERROR_STRING = "Internal error!"
+# §7.5 [C]: the localised text after "RGV587_ERROR::SM::" is the captured one.
+_RISK_RET = ("FAIL_SYS_USER_VALIDATE", "RGV587_ERROR::SM::哎哟喂,被挤爆啦,请稍后重试")
+_RISK_URL = (
+    "https://chat.qwen.ai:443//api/v2/chat/completions/_____tmd_____/punish"
+    "?x5secdata={secdata}&x5step=2&action=captcha&pureCaptcha="
+)
 # Directive fields that make sense on any path, before auth or a body is read.
 GATEWAY_FIELDS = frozenset(
     {"fault", "retry_after", "code", "actual_status", "num", "details", "ttfb_ms", "stall_ms"}
@@ -130,14 +148,26 @@ def v2_error_body(code: str, details: str | None = None, num: int | None = None)
     return {"success": False, "request_id": str(uuid.uuid4()), "data": data}
 
 
+def risk_control_body() -> dict[str, Any]:
+    """The risk-control answer (§7.5 [C]); ``x5secdata`` is fresh each time, as captured."""
+    url = _RISK_URL.format(secdata=secrets.token_hex(24))
+    return {"ret": list(_RISK_RET), "data": {"url": url}}
+
+
 def error_event(directive: Directive) -> dict[str, Any]:
-    """The ``{"error": {...}}`` stream event for this directive (§4.3 [C]).
+    """The in-stream error event for this directive (§4.3, §7.4 [C]).
 
     ``fault: in_stream_error`` keeps the first version's Bad_Request event;
-    ``stream_error`` names the code (details default per code, or ``details``).
+    ``stream_error`` names the code (details default per code, or ``details``) and
+    ``stream_error_form`` the shape: ``{"error": {...}}``, the ``success: false``
+    envelope (also for ``bare_json``, whose body is that envelope), or the string.
     """
     if directive.stream_error is None:
         return {"error": dict(IN_STREAM_ERROR["error"])}
+    if directive.stream_error_form == "string":
+        return {"error": INTERNAL_ERROR_STRING}
+    if directive.stream_error_form in ("success_false", "bare_json"):
+        return v2_error_body(directive.stream_error, directive.details, directive.num)
     error: dict[str, Any] = {
         "code": directive.stream_error,
         "details": directive.details or _V2_DETAILS.get(directive.stream_error, "error"),
@@ -163,6 +193,9 @@ def http_fault(name: str, retry_after: float | None = None, directive: Directive
         headers[ACTUAL_STATUS_HEADER] = str(actual)
         body = json.dumps(v2_error_body(code, given.details, given.num)).encode()
         return HttpFault(200, "application/json", body, headers)
+    if name == "risk_control":
+        body = json.dumps(risk_control_body(), ensure_ascii=False).encode()
+        return HttpFault(200, "application/json; charset=utf-8", body, headers)
     if name == "http_500_empty":
         return HttpFault(500, None, b"", headers)
     reasons = {

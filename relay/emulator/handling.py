@@ -17,7 +17,7 @@ from aiohttp import web
 
 from relay.emulator.catalogue import ModelCaps
 from relay.emulator.config import EmulatorConfig
-from relay.emulator.directive import HTTP_FAULTS, Directive
+from relay.emulator.directive import HTTP_FAULTS, NO_DIRECTIVE, Directive
 from relay.emulator.faults import (
     ACTUAL_STATUS_HEADER,
     SLOW_DRIBBLE_DELAY_MS,
@@ -42,11 +42,13 @@ __all__ = [
     "is_authorized",
     "pre_stream",
     "read_json",
+    "reject",
     "respond",
     "search_sources",
     "token",
     "unauthorized_v1",
     "v2_error",
+    "v2_token",
 ]
 
 EMULATOR_STATE: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorState)
@@ -65,6 +67,13 @@ def token(request: web.Request) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return request.cookies.get("token") or None
+
+
+def v2_token(request: web.Request, config: EmulatorConfig) -> str | None:
+    """The token a v2 write is judged by: the cookie when strict (§7.1), else either."""
+    if config.strict:
+        return request.cookies.get("token") or None
+    return token(request)
 
 
 def is_authorized(value: str | None, config: EmulatorConfig) -> bool:
@@ -103,6 +112,12 @@ def v2_error(
         headers={ACTUAL_STATUS_HEADER: str(actual_status)},
         dumps=dumps,
     )
+
+
+def reject(record: RequestRecord, rule: str) -> web.Response:
+    """Answer a request a strict rule refused with the risk-control JSON (§7.5)."""
+    record.rejected = rule
+    return fault_response(record, "risk_control", NO_DIRECTIVE)
 
 
 def fault_response(record: RequestRecord, fault: str, directive: Directive) -> web.Response:

@@ -2,13 +2,17 @@
 
 Routes: ``GET /api/models`` and ``POST /api/chat/completions`` (qwen-v1 and
 qwen-phase, ``routes_v1.py``); ``GET /api/v2/models/``, ``POST /api/v2/chats/new``,
-``POST /api/v2/chat/completions`` and ``…/stop`` (qwen-v2, ``routes_v2.py``); and
-``/_emulator/*`` for tests in another process (log, reset, arm, chats).
+``POST /api/v2/chat/completions``, ``…/stop`` and ``DELETE /api/v2/chats/<id>``
+(qwen-v2, ``routes_v2.py``, ``routes_chats.py``); and ``/_emulator/*`` for tests in
+another process (log, reset, arm, chats).
 
-A gateway middleware wraps every emulated route: it logs the request before anything
-can fail, applies a fault armed for the path (``EmulatorState.arm``: the only way to
-fault a request that carries no message, such as ``GET /api/models``), and does the
-disconnect bookkeeping.
+A gateway middleware wraps every emulated route: it logs the request (headers,
+cookies and body included, tokens redacted: ``capture.py``) before anything can
+fail, applies a fault armed for the path (``EmulatorState.arm``: the only way to
+fault a request that carries no message, such as ``GET /api/models``), then, when
+strict, answers a v2 write that breaks rules 1-5 of ``strict.py`` with the
+risk-control JSON, and does the disconnect bookkeeping. [I] An armed fault wins over
+the strict checks: it stands for a gateway in front of the service.
 
 Disconnects: an app started by :func:`start_emulator` (and pytest-aiohttp's test
 server) runs with ``handler_cancellation=True``, so a client that goes away cancels
@@ -20,12 +24,14 @@ runner without that flag. Either way the record is updated before
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 from aiohttp import web
 
+from relay.emulator.capture import capture_cookies, capture_headers, decode_body
 from relay.emulator.catalogue import models_payload, v2_models_payload
 from relay.emulator.config import EmulatorConfig
 from relay.emulator.directive import DirectiveError
@@ -38,15 +44,18 @@ from relay.emulator.handling import (
     dumps,
     is_authorized,
     pre_stream,
+    reject,
     respond,
     token,
     unauthorized_v1,
     v2_error,
 )
 from relay.emulator.playback import is_peer_gone
+from relay.emulator.routes_chats import UNAUTHORIZED_V2, chats_new, delete_chat, stop_v2
 from relay.emulator.routes_v1 import chat_v1
-from relay.emulator.routes_v2 import UNAUTHORIZED_V2, chat_completions_v2, chats_new, stop_v2
-from relay.emulator.state import EmulatorState
+from relay.emulator.routes_v2 import chat_completions_v2
+from relay.emulator.state import EmulatorState, RequestRecord
+from relay.emulator.strict import WriteKind, risk_rule, target_chat_id, write_kind
 
 __all__ = ["EMULATOR_STATE", "RunningEmulator", "make_emulator_app", "start_emulator"]
 
@@ -59,10 +68,18 @@ SHUTDOWN_TIMEOUT_S = 1.0
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_emulator_app(config: EmulatorConfig | None = None) -> web.Application:
-    """Build the emulator app; its state is ``app[EMULATOR_STATE]``."""
+def _configured(config: EmulatorConfig | None, strict: bool | None) -> EmulatorConfig:
+    config = config if config is not None else EmulatorConfig()
+    return config if strict is None else dataclasses.replace(config, strict=strict)
+
+
+def make_emulator_app(config: EmulatorConfig | None = None, *, strict: bool | None = None) -> web.Application:
+    """Build the emulator app; its state is ``app[EMULATOR_STATE]``.
+
+    ``strict`` (None: the config's, strict by default) overrides ``config.strict``.
+    """
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_gateway])
-    app[EMULATOR_CONFIG] = config if config is not None else EmulatorConfig()
+    app[EMULATOR_CONFIG] = _configured(config, strict)
     app[EMULATOR_STATE] = EmulatorState()
     app[HANDLERS] = set()
     app.on_shutdown.append(_cancel_handlers)
@@ -73,6 +90,7 @@ def make_emulator_app(config: EmulatorConfig | None = None) -> web.Application:
     app.router.add_post("/api/v2/chats/new", chats_new)
     app.router.add_post("/api/v2/chat/completions", chat_completions_v2)
     app.router.add_post("/api/v2/chat/completions/stop", stop_v2)
+    app.router.add_delete("/api/v2/chats/{chat_id}", delete_chat)
     app.router.add_get("/_emulator/log", _log)
     app.router.add_get("/_emulator/chats", _chats)
     app.router.add_post("/_emulator/reset", _reset)
@@ -100,10 +118,10 @@ class RunningEmulator:
 
 
 async def start_emulator(
-    config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0, *, strict: bool | None = None
 ) -> RunningEmulator:
     """Serve the emulator on ``host:port`` (0 = any free port) in this event loop."""
-    app = make_emulator_app(config)
+    app = make_emulator_app(config, strict=strict)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -140,13 +158,20 @@ async def _gateway(request: web.Request, handler: _Handler) -> web.StreamRespons
     """
     if request.path.startswith("/_emulator/") or request.match_info.http_exception is not None:
         return await handler(request)
-    state = request.app[EMULATOR_STATE]
-    record = state.begin(request.method, request.path, token(request))
+    state, config = request.app[EMULATOR_STATE], request.app[EMULATOR_CONFIG]
+    kind = write_kind(request.method, request.path)
+    seen_token = request.cookies.get("token") if kind is not None and config.strict else token(request)
+    record = state.begin(request.method, request.path, seen_token)
+    record.headers = capture_headers(request.headers.items())
+    record.cookies = capture_cookies(request.cookies)
+    is_fresh_request_id = state.note_request_id(request.headers.get("x-request-id"))
     request[EMULATOR_RECORD] = record
     handlers, task = request.app[HANDLERS], asyncio.current_task()
     assert task is not None  # aiohttp runs every handler in a task
     handlers.add(task)
     try:
+        raw = await request.read()  # aiohttp keeps it: the handler reads it again for free
+        record.body = decode_body(raw)
         armed = state.take_armed(request.path)
         if armed is not None:
             directive = build_gateway_directive(armed)  # validated when armed
@@ -154,6 +179,10 @@ async def _gateway(request: web.Request, handler: _Handler) -> web.StreamRespons
             early = await pre_stream(request, state, record, directive, directive.fault, stream=False)
             if early is not None:
                 return early
+        if kind is not None and config.strict:
+            refused = _risk_check(request, record, kind, len(raw), is_fresh_request_id)
+            if refused is not None:
+                return refused
         return await handler(request)
     except asyncio.CancelledError:
         if is_peer_gone(request) and not record.client_disconnected:
@@ -162,6 +191,25 @@ async def _gateway(request: web.Request, handler: _Handler) -> web.StreamRespons
     finally:
         record.finished = True
         handlers.discard(task)
+
+
+def _risk_check(
+    request: web.Request, record: RequestRecord, kind: WriteKind, body_bytes: int, is_fresh_request_id: bool
+) -> web.Response | None:
+    """Apply rules 1-5 of ``strict.py``; the risk-control answer, or None to go on."""
+    chat_id = target_chat_id(request.query.get("chat_id"), record.body)
+    rule = risk_rule(
+        kind,
+        record.headers,  # lower-cased; only the auth headers are redacted, and unused here
+        request.cookies,
+        chat_id=chat_id,
+        body_bytes=body_bytes,
+        is_fresh_request_id=is_fresh_request_id,
+    )
+    if rule is None:
+        return None
+    record.dialect = "v2"
+    return reject(record, rule)
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -185,11 +233,12 @@ async def _log(request: web.Request) -> web.Response:
 
 
 async def _chats(request: web.Request) -> web.Response:
-    """List created chats and stop calls, for tests running the emulator out of process."""
+    """List live chats, stop calls and deleted chats, for tests running the emulator out of process."""
     state = request.app[EMULATOR_STATE]
     payload: dict[str, Any] = {
         "chats": [chat.to_json() for chat in state.chats.values()],
         "stop_calls": [list(call) for call in state.stop_calls],
+        "deleted_chats": list(state.deleted_chats),
     }
     return web.json_response(payload, dumps=dumps)
 

@@ -7,8 +7,12 @@ every change sets the current event and swaps in a fresh one, so notifying never
 needs to await a lock.
 
 qwen-v2 adds server-side conversation state (§4.1): chats must be created before
-they are completed, and a response can be stopped by id (§4.2). Both live here so
-relay tests can assert on them in-process.
+they are completed, and a response can be stopped by id (§4.2) or its chat deleted
+(§7.3). All of it lives here so relay tests can assert on it in-process.
+
+The 2026 service refuses a reused ``x-request-id`` (§7.2); the ids seen are kept
+across :meth:`EmulatorState.reset` (the service does not forget between tests),
+bounded so a long benchmark cannot grow them without limit.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from typing import Any
 from relay.emulator.faults import build_gateway_directive
 
 __all__ = ["ArmedDirective", "ChatRecord", "EmulatorState", "LiveResponse", "RequestRecord", "fingerprint"]
+
+# [I] Far more than any replay window a relay bug could produce; ~100 bytes each.
+MAX_SEEN_REQUEST_IDS = 100_000
 
 
 def fingerprint(token: str) -> str:
@@ -62,6 +69,15 @@ class RequestRecord:
     response_id: str | None = None
     # The stream was ended by POST /api/v2/chat/completions/stop.
     stopped: bool = False
+    # Request headers (names lower-cased) and cookies, tokens as "sha256:<fingerprint>"
+    # (capture.py), and the decoded JSON body (None: none, or not JSON).
+    headers: dict[str, str] = field(default_factory=dict)
+    cookies: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    # The strict rule that refused the request (strict.py), e.g. "no_token_cookie".
+    rejected: str | None = None
+    # DELETE /api/v2/chats/<id> removed that chat.
+    chat_deleted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Render for ``GET /_emulator/log``."""
@@ -87,6 +103,11 @@ class RequestRecord:
             "parent_id": self.parent_id,
             "response_id": self.response_id,
             "stopped": self.stopped,
+            "headers": dict(self.headers),
+            "cookies": dict(self.cookies),
+            "body": self.body,
+            "rejected": self.rejected,
+            "chat_deleted": self.chat_deleted,
         }
 
 
@@ -166,6 +187,10 @@ class EmulatorState:
     # (chat_id, response_id) of every stop call, "" where the call left one out.
     stop_calls: list[tuple[str, str]] = field(default_factory=list)
     stop_called: asyncio.Event = field(default_factory=asyncio.Event)
+    # Ids of chats removed by DELETE /api/v2/chats/<id>, oldest first.
+    deleted_chats: list[str] = field(default_factory=list)
+    # x-request-id values seen on any request (insertion-ordered, bounded).
+    seen_request_ids: dict[str, None] = field(default_factory=dict)
     armed: list[ArmedDirective] = field(default_factory=list)
     live_responses: dict[str, LiveResponse] = field(default_factory=dict)
     _pulse: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -185,6 +210,7 @@ class EmulatorState:
         self.chats.clear()
         self.stop_calls.clear()
         self.stop_called.clear()
+        self.deleted_chats.clear()
         self.armed.clear()
         self.notify()
 
@@ -218,6 +244,17 @@ class EmulatorState:
         self.log.append(record)
         self.notify()
         return record
+
+    def note_request_id(self, request_id: str | None) -> bool:
+        """Remember an ``x-request-id``; return False if it was seen before (§7.2)."""
+        if not request_id:
+            return True
+        if request_id in self.seen_request_ids:
+            return False
+        self.seen_request_ids[request_id] = None
+        if len(self.seen_request_ids) > MAX_SEEN_REQUEST_IDS:
+            del self.seen_request_ids[next(iter(self.seen_request_ids))]
+        return True
 
     def count_attempt(self, key: str | None) -> int:
         """Bump and return the fail-times counter for ``key`` (1 without a key)."""
@@ -285,6 +322,14 @@ class EmulatorState:
         self.chats[chat_id] = chat
         self.notify()
         return chat
+
+    def delete_chat(self, chat_id: str) -> bool:
+        """Remove a chat (``DELETE /api/v2/chats/<id>``); False if there was none."""
+        if self.chats.pop(chat_id, None) is None:
+            return False
+        self.deleted_chats.append(chat_id)
+        self.notify()
+        return True
 
     def record_stop(self, chat_id: str, response_id: str) -> int:
         """Log a stop call, end the matching live streams and return how many.

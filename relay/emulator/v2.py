@@ -8,8 +8,19 @@ Order of events, each ``choices`` frame carrying ``response_id`` [C]:
 3. thinking, when on: ``phase: "thinking_summary"`` (``thinking_format: "summary"``,
    the default) or ``phase: "think"`` (``"detail"``, or directive ``think_phase``),
    then that phase's finished frame, which must not end the stream [C];
-4. answer frames, then ``{"content":"","role":"assistant","status":"finished",
+4. directive ``extra_phases``: ``"LEAK:<phase>"`` frames and each phase's finished
+   frame (§7.4: unknown phases must never reach the answer);
+5. answer frames, then ``{"content":"","role":"assistant","status":"finished",
    "phase":"answer"}`` [C]; ``[DONE]`` only with directive ``done: true`` [C].
+
+With directive ``candidates: 2`` a second ``response.created`` (``response_index``
+"1") follows the first, and steps 2-5 of both responses are interleaved frame by
+frame (§7.4 [C]); the second one's pieces start with "ALT ".
+
+Thinking follows the gear the request chose (§7.3 table, see
+:func:`is_thinking_on`); a model whose ``think_skip.enable`` is false answers
+``thinking_enabled: false`` with ``response.created`` then an in-stream
+``invalid_input`` error (§7.3 [S], :func:`v2_refusal`).
 
 ``response.info`` keep-alives (directive ``keepalive_info: N``) are spread evenly
 before content frames. Running ``usage`` rides on every typing frame [C].
@@ -31,11 +42,13 @@ before content frames. Running ``usage`` rides on every typing frame [C].
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relay.emulator.catalogue import ModelCaps
 from relay.emulator.directive import Directive
 from relay.emulator.faults import error_event
 from relay.emulator.framing import Frame, to_json
@@ -45,13 +58,21 @@ from relay.emulator.script import web_search_delta
 
 __all__ = [
     "V2Stream",
+    "cannot_skip_thinking",
     "input_tokens",
-    "is_thinking_requested",
+    "is_thinking_on",
     "think_phase_for",
+    "thinking_gear",
     "v2_error_event",
     "v2_frames",
     "v2_padded",
+    "v2_refusal",
 ]
+
+# §7.3 [S]: what a model that cannot skip thinking answers thinking_enabled: false with.
+CANNOT_SKIP_DETAILS = "thinking cannot be disabled for this model"
+# [I] The second candidate's mark: visible in any doubled answer.
+ALT_PREFIX = "ALT "
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +91,9 @@ class V2Stream:
     keepalives: int
     done: bool
     timestamp: int
+    # The second candidate's id (directive candidates: 2), else None.
+    alt_response_id: str | None = None
+    extra_phases: tuple[str, ...] = ()
 
 
 def input_tokens(prompt: str) -> int:
@@ -77,12 +101,42 @@ def input_tokens(prompt: str) -> int:
     return len(prompt) // 4 + 1
 
 
-def is_thinking_requested(features: Features) -> bool:
-    """Thinking is on with ``thinking_enabled: true`` or ``thinking_mode: "Thinking"`` (§4.2 [S]).
+def thinking_gear(features: Features) -> str | None:
+    """The gear a request chose: ``"Auto"``, ``"Thinking"``, ``"Fast"``, or None if it said nothing.
 
-    [I] ``thinking_mode: "Fast"`` does not switch an explicit ``thinking_enabled`` off.
+    ``thinking_mode`` decides when present (§7.3 table); otherwise the flags do:
+    ``thinking_enabled`` true is Auto with ``auto_thinking: true``, else Thinking
+    (how 2025 clients asked for thinking, §4.2); false is Fast.
     """
-    return features.flag("thinking_enabled") is True or features.flag("thinking_mode") == "Thinking"
+    mode = features.flag("thinking_mode")
+    if mode in ("Auto", "Thinking", "Fast"):
+        return str(mode)
+    enabled = features.flag("thinking_enabled")
+    if enabled is True:
+        return "Auto" if features.flag("auto_thinking") is True else "Thinking"
+    return "Fast" if enabled is False else None
+
+
+def is_thinking_on(features: Features, directive: Directive, caps: ModelCaps) -> bool:
+    """Whether the reply thinks, by gear (§7.3).
+
+    Thinking: yes. Fast: no. Auto: [I] no for an ordinary request (the web app's
+    "the model decides" usually means a quick answer), yes when the directive gives
+    ``think`` text or the model cannot skip thinking. No gear: only that last case.
+    """
+    gear = thinking_gear(features)
+    if gear == "Thinking":
+        return True
+    if gear == "Fast":
+        return False
+    if not caps.can_skip_thinking:
+        return True
+    return gear == "Auto" and directive.think is not None
+
+
+def cannot_skip_thinking(features: Features, caps: ModelCaps) -> bool:
+    """Whether the request turns thinking off on a model that cannot skip it (§7.3 [S])."""
+    return features.flag("thinking_enabled") is False and caps.can_think and not caps.can_skip_thinking
 
 
 def think_phase_for(features: Features, directive: Directive) -> str:
@@ -140,12 +194,41 @@ def _thinking_deltas(spec: V2Stream, pieces: Sequence[str]) -> list[dict[str, An
     return deltas
 
 
+def _created(spec: V2Stream, response_id: str, index: str) -> Frame:
+    created = {"chat_id": spec.chat_id, "parent_id": spec.parent_id, "response_id": response_id,
+               "response_index": index}
+    return Frame(to_json({"response.created": created}), trailing_space=True)
+
+
 def v2_frames(spec: V2Stream) -> list[Frame]:
-    """List every event of one v2 response, in order (see the module docstring)."""
-    rid = spec.response_id
+    """List every event of one v2 stream, in order (see the module docstring)."""
+    frames = [_created(spec, spec.response_id, "0")]
+    body = _response_frames(spec, spec.response_id, spec.reply)
+    if spec.alt_response_id is not None:
+        frames.append(_created(spec, spec.alt_response_id, "1"))
+        alt = _response_frames(spec, spec.alt_response_id, _alternative(spec.reply))
+        body = [frame for pair in itertools.zip_longest(body, alt) for frame in pair if frame is not None]
+    frames.extend(body)
+    if spec.done:
+        frames.append(Frame("[DONE]"))
+    return _with_keepalives(frames, spec)
+
+
+def v2_refusal(spec: V2Stream, code: str, details: str) -> list[Frame]:
+    """A stream that opens and at once carries an error: ``response.created``, then it."""
+    error = {"error": {"code": code, "details": details}, "response_id": spec.response_id}
+    return [_created(spec, spec.response_id, "0"), Frame(to_json(error))]
+
+
+def _alternative(reply: Reply) -> Reply:
+    think = None if reply.think is None else tuple(ALT_PREFIX + piece for piece in reply.think)
+    return Reply(think, tuple(ALT_PREFIX + piece for piece in reply.answer))
+
+
+def _response_frames(spec: V2Stream, rid: str, reply: Reply) -> list[Frame]:
+    """The frames of one response after its ``response.created``."""
     usage = _Usage(spec.input_tokens) if spec.input_tokens is not None else None
-    created = {"chat_id": spec.chat_id, "parent_id": spec.parent_id, "response_id": rid, "response_index": "0"}
-    frames = [Frame(to_json({"response.created": created}), trailing_space=True)]
+    frames: list[Frame] = []
     if spec.sources is not None:
         search = web_search_delta(spec.sources) | {"phase": "web_search", "status": "finished"}
         frames.append(Frame(to_json({"choices": [{"delta": search}], "response_id": rid})))
@@ -157,19 +240,41 @@ def v2_frames(spec: V2Stream) -> list[Frame]:
             event["timestamp"] = spec.timestamp
         return Frame(to_json(event), is_content=True)
 
-    if spec.reply.think is not None:
-        deltas = _thinking_deltas(spec, spec.reply.think)
-        frames.extend(
-            typing(delta, piece, is_reasoning=True) for delta, piece in zip(deltas, spec.reply.think, strict=True)
-        )
+    if reply.think is not None:
+        deltas = _thinking_deltas(spec, reply.think)
+        frames.extend(typing(delta, piece, is_reasoning=True) for delta, piece in zip(deltas, reply.think, strict=True))
         frames.append(_finished(spec.think_phase, rid))
-    for piece in spec.reply.answer:
+    frames.extend(_extra_phase_frames(spec.extra_phases, rid))
+    for piece in reply.answer:
         delta = {"role": "assistant", "content": piece, "phase": "answer", "status": "typing"}
         frames.append(typing(delta, piece, is_reasoning=False))
     frames.append(_finished("answer", rid))
-    if spec.done:
-        frames.append(Frame("[DONE]"))
-    return _with_keepalives(frames, spec)
+    return frames
+
+
+def _extra_phase_frames(phases: Sequence[str], rid: str) -> list[Frame]:
+    """Frames of phases that are not answer text (§7.4), each with its finished frame.
+
+    Not content frames: ``after`` and ``events_sent`` keep counting thinking and
+    answer text only. [I] The ``web_search`` tool frame's arguments are invented.
+    """
+    frames: list[Frame] = []
+    for phase in phases:
+        status = "running" if phase == "code_interpreter" else "typing"
+        delta: dict[str, Any] = {"role": "assistant", "content": f"LEAK:{phase}", "phase": phase, "status": status}
+        frames.append(Frame(to_json({"choices": [{"delta": delta}], "response_id": rid})))
+        if phase == "web_search":
+            call = {
+                "role": "assistant",
+                "content": "",
+                "phase": "web_search",
+                "status": "typing",
+                "function_call": {"name": "web_search", "arguments": to_json({"query": "LEAK:web_search"})},
+                "extra": {"display_position": "think"},
+            }
+            frames.append(Frame(to_json({"choices": [{"delta": call}], "response_id": rid})))
+        frames.append(_finished(phase, rid))
+    return frames
 
 
 def _with_keepalives(frames: list[Frame], spec: V2Stream) -> list[Frame]:
@@ -198,8 +303,15 @@ def _with_keepalives(frames: list[Frame], spec: V2Stream) -> list[Frame]:
 
 
 def v2_error_event(directive: Directive, response_id: str) -> dict[str, Any]:
-    """The in-stream error event: ``{"error": {...}, "response_id": ...}`` (§4.3 [C])."""
-    return error_event(directive) | {"response_id": response_id}
+    """The in-stream error event (§4.3, §7.4 [C]).
+
+    The ``{"error": {...}}`` form carries ``response_id`` as captured; [I] the
+    ``success: false`` and string forms are sent as the notes show them, without.
+    """
+    event = error_event(directive)
+    if isinstance(event.get("error"), dict):
+        event["response_id"] = response_id
+    return event
 
 
 def v2_padded(response_id: str) -> Callable[[int], dict[str, Any]]:

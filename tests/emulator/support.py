@@ -1,8 +1,16 @@
-"""Helpers shared by the phase and v2 emulator tests: raw clients, SSE splitting."""
+"""Helpers shared by the phase and v2 emulator tests: raw clients, SSE splitting, 2026 requests.
+
+The v2 helpers build what the 2026 web app sends (QWEN_PROTOCOL.md §7.2, §7.3), the
+request a strict emulator accepts: the full browser header set with a fresh uuid4
+``x-request-id`` per call, the ``token`` cookie, and the 2026 bodies. A test that
+checks one strict rule takes these and breaks exactly one thing.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +29,85 @@ SSE_TYPE = "text/event-stream; charset=utf-8"
 WAIT_S = 5.0
 
 Client = TestClient[web.Request, web.Application]
+
+ORIGIN = "https://chat.qwen.ai"
+CHROME_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+             "Chrome/156.0.0.0 Safari/537.36")
+SEC_CH_UA = '"Chromium";v="156", "Google Chrome";v="156", "Not_A Brand";v="99"'
+V2_MODEL = "qwen3-235b-a22b"
+# The web app's "Fast" gear (§7.3): no thinking, so answers are just the reply.
+FAST = {"thinking_enabled": False, "auto_thinking": False, "thinking_mode": "Fast", "output_schema": "phase",
+        "research_mode": "normal", "auto_search": True}
+
+
+def v2_headers(page: str = "/c/new-chat", *, completions: bool = False, token: str = TOKEN) -> dict[str, str]:
+    """The full 2026 header set for a v2 write from ``page`` (a fresh x-request-id each call)."""
+    headers = {
+        "User-Agent": CHROME_UA,
+        "sec-ch-ua": SEC_CH_UA,
+        "sec-ch-ua-mobile": "?0",
+        "sec-ch-ua-platform": '"Windows"',
+        "Accept-Language": "en-US,en;q=0.9",
+        "Origin": ORIGIN,
+        "Referer": ORIGIN + page,
+        "source": "web",
+        "version": "0.3.12",
+        "x-request-id": str(uuid.uuid4()),
+        "timezone": "Thu Dec 03 2026 08:30:00 GMT+0000",
+        "sec-fetch-dest": "empty",
+        "sec-fetch-mode": "cors",
+        "sec-fetch-site": "same-origin",
+        "Cookie": f"token={token}",
+        "Authorization": f"Bearer {token}",
+    }
+    if completions:
+        headers |= {"Accept": "application/json", "x-accel-buffering": "no"}
+    return headers
+
+
+def new_chat_headers(**kw: Any) -> dict[str, str]:
+    return v2_headers("/c/new-chat", **kw)
+
+
+def chat_headers(chat_id: str, **kw: Any) -> dict[str, str]:
+    """Headers for a completion (or, with ``completions=False``, a stop) in ``chat_id``."""
+    kw.setdefault("completions", True)
+    return v2_headers(f"/c/{chat_id}", **kw)
+
+
+def new_chat_body(model: str = V2_MODEL, **extra: Any) -> dict[str, Any]:
+    """The 2026 ``chats/new`` body (§7.3)."""
+    return {"chatId": "", "models": [model], "project_id": "", "timestamp": int(time.time() * 1000),
+            "chat_type": "t2t", "chat_mode": "normal", **extra}
+
+
+def completion_body(chat_id: str, text: str = "hi", *, model: str = V2_MODEL,
+                    feature_config: dict[str, Any] | None = None, chat_type: str = "t2t",
+                    **extra: Any) -> dict[str, Any]:
+    """The 2026 completion body (§7.3); ``feature_config`` defaults to the Fast gear."""
+    now = int(time.time())
+    message = {"id": None, "fid": str(uuid.uuid4()), "parentId": None, "childrenIds": [str(uuid.uuid4())],
+               "role": "user", "content": text, "user_action": "chat", "files": [], "timestamp": now,
+               "models": [model], "model": model, "chat_type": chat_type, "sub_chat_type": chat_type,
+               "extra": {"meta": {"subChatType": chat_type}},
+               "feature_config": dict(FAST) if feature_config is None else feature_config}
+    return {"stream": True, "version": "2.1", "incremental_output": True, "chat_id": chat_id, "chatId": chat_id,
+            "parentId": "", "parent_id": None, "chat_mode": "normal", "model": model, "timestamp": now,
+            "messages": [message], **extra}
+
+
+async def create_chat(client: Client, model: str = V2_MODEL) -> str:
+    """Make a chat the 2026 way and return its id."""
+    async with client.post(V2_NEW, json=new_chat_body(model), headers=new_chat_headers()) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert answer["success"] is True, answer
+    chat_id: str = answer["data"]["id"]
+    return chat_id
+
+
+def completion_url(chat_id: str) -> str:
+    return f"{V2_CHAT}?chat_id={chat_id}"
 
 
 def state_of(client: Client) -> EmulatorState:

@@ -16,7 +16,18 @@ from pytest_aiohttp import AiohttpClient
 from relay.emulator import DirectiveError, hermes_block, make_emulator_app, parse_directive, tool_call_answer
 from relay.emulator.tool_calls import MALFORMED_TOOL_CALL, ToolCallSpec
 from relay.pipeline import ToolCall, ToolCallParser, ToolSpec
-from tests.emulator.support import AUTH, CHAT, SSE_TYPE, V2_CHAT, V2_NEW, Client, deltas, with_directive
+from tests.emulator.support import (
+    AUTH,
+    CHAT,
+    SSE_TYPE,
+    Client,
+    chat_headers,
+    completion_body,
+    completion_url,
+    create_chat,
+    deltas,
+    with_directive,
+)
 
 MODEL = "qwen-max-latest"
 READ = {"name": "read_file", "arguments": {"path": "src/a.py"}}
@@ -141,15 +152,10 @@ async def test_phase_stream_carries_the_blocks_as_answer_text(client: Client) ->
 
 
 async def test_v2_stream_carries_the_blocks_as_answer_text(client: Client) -> None:
-    async with client.post(V2_NEW, json={"title": "t", "models": [MODEL], "chat_mode": "normal",
-                                         "chat_type": "t2t", "timestamp": 1}, headers=AUTH) as resp:
-        chat_id = (await resp.json())["data"]["id"]
-    message = {"fid": "f", "parentId": None, "childrenIds": [], "role": "user", "user_action": "chat",
-               "content": with_directive("hi", **FIELDS, chunks=len(EXPECTED)), "files": [], "models": [MODEL],
-               "chat_type": "t2t", "feature_config": {"thinking_enabled": False, "output_schema": "phase"}}
-    payload = {"stream": True, "version": "2.1", "incremental_output": True, "chat_id": chat_id,
-               "chat_mode": "normal", "model": MODEL, "parent_id": None, "messages": [message]}
-    async with client.post(f"{V2_CHAT}?chat_id={chat_id}", json=payload, headers=AUTH) as resp:
+    chat_id = await create_chat(client, MODEL)
+    payload = completion_body(chat_id, with_directive("hi", **FIELDS, chunks=len(EXPECTED)), model=MODEL,
+                              feature_config={"thinking_enabled": False, "output_schema": "phase"})
+    async with client.post(completion_url(chat_id), json=payload, headers=chat_headers(chat_id)) as resp:
         raw = await resp.text()
     answer = [d["content"] for d in deltas(raw) if d.get("phase") == "answer" and d.get("status") == "typing"]
     assert answer == list(EXPECTED)

@@ -1,7 +1,9 @@
 """The emulator speaks qwen-v2: chats, response.created, summaries, usage, errors, stop (issue 4, §4).
 
-Raw aiohttp clients against the real app; tests synchronise on the emulator's
-events (first chunk sent, stop called), never on sleeps.
+Raw aiohttp clients against the real (strict) app, sending the 2026 request the
+web app sends (``support.v2_headers``, ``support.completion_body``); tests
+synchronise on the emulator's events (first chunk sent, stop called), never on sleeps.
+The strict checks themselves are in ``test_emulator_strict.py``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ from tests.emulator.support import (
     V2_STOP,
     WAIT_S,
     Client,
+    chat_headers,
+    completion_body,
+    completion_url,
     data_payloads,
     deltas,
     events,
+    new_chat_body,
+    new_chat_headers,
     phases,
     state_of,
+    v2_headers,
     with_directive,
 )
 
@@ -44,9 +52,8 @@ async def client(aiohttp_client: AiohttpClient) -> Client:
 
 
 async def new_chat(client: Client, model: str = MODEL) -> str:
-    payload = {"title": "New Chat", "models": [model], "chat_mode": "normal", "chat_type": "t2t",
-               "timestamp": 1761484022218}
-    async with client.post(V2_NEW, json=payload, headers=AUTH) as resp:
+    payload = new_chat_body(model, title="New Chat", timestamp=1761484022218)
+    async with client.post(V2_NEW, json=payload, headers=new_chat_headers()) as resp:
         assert resp.status == 200
         answer = await resp.json()
     assert answer["success"] is True and isinstance(answer["request_id"], str)
@@ -56,16 +63,15 @@ async def new_chat(client: Client, model: str = MODEL) -> str:
 
 def v2_body(chat_id: str, text: str = "hi", *, feature_config: dict[str, Any] | None = None,
             **extra: Any) -> dict[str, Any]:
-    message = {"fid": "fid-1", "parentId": None, "childrenIds": [], "role": "user", "content": text,
-               "user_action": "chat", "files": [], "models": [MODEL], "chat_type": "t2t",
-               "feature_config": feature_config if feature_config is not None else dict(OFF)}
-    return {"stream": True, "version": "2.1", "incremental_output": True, "chat_id": chat_id,
-            "chat_mode": "normal", "model": MODEL, "parent_id": None, "messages": [message], **extra}
+    body = completion_body(chat_id, text, model=MODEL,
+                           feature_config=dict(OFF) if feature_config is None else feature_config, **extra)
+    body["messages"][0]["fid"] = "fid-1"
+    return body
 
 
 async def v2_stream(client: Client, chat_id: str, text: str = "hi", **kw: Any) -> str:
-    async with client.post(f"{V2_CHAT}?chat_id={chat_id}", json=v2_body(chat_id, text, **kw),
-                           headers=AUTH) as resp:
+    async with client.post(completion_url(chat_id), json=v2_body(chat_id, text, **kw),
+                           headers=chat_headers(chat_id)) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"] == SSE_TYPE
         return await resp.text()
 
@@ -85,10 +91,10 @@ async def test_chats_new_records_the_chat(client: Client) -> None:
 
 
 @pytest.mark.parametrize(("payload", "actual", "code"), [
-    ({"models": []}, "400", "Bad_Request"), ({"models": ["no-such"]}, "404", "Not_Found")])
+    ({"models": []}, "422", "RequestValidationError"), ({"models": ["no-such"]}, "404", "Not_Found")])
 async def test_chats_new_refuses_bad_models(client: Client, payload: dict[str, Any], actual: str,
                                            code: str) -> None:
-    async with client.post(V2_NEW, json=payload, headers=AUTH) as resp:
+    async with client.post(V2_NEW, json=new_chat_body() | payload, headers=new_chat_headers()) as resp:
         status, answer = await v2_json(resp)
     assert status == actual and answer["success"] is False and answer["data"]["code"] == code
 
@@ -203,7 +209,7 @@ async def test_in_stream_error_after_n_content_frames(client: Client, code: str,
 async def test_v2_error_fault_is_200_with_actual_status(client: Client) -> None:
     chat_id = await new_chat(client)
     text = with_directive("hi", fault="v2_error", code="RateLimited", actual_status=429, num=2, fail_times=1)
-    async with client.post(f"{V2_CHAT}?chat_id={chat_id}", json=v2_body(chat_id, text), headers=AUTH) as resp:
+    async with client.post(completion_url(chat_id), json=v2_body(chat_id, text), headers=chat_headers(chat_id)) as resp:
         status, answer = await v2_json(resp)
     assert status == "429" and answer["success"] is False
     assert answer["data"]["code"] == "RateLimited" and answer["data"]["num"] == 2
@@ -211,29 +217,39 @@ async def test_v2_error_fault_is_200_with_actual_status(client: Client) -> None:
 
 
 async def test_unknown_chat_is_chat_not_found(client: Client) -> None:
-    async with client.post(f"{V2_CHAT}?chat_id=nope", json=v2_body("nope"), headers=AUTH) as resp:
+    async with client.post(completion_url("nope"), json=v2_body("nope"), headers=chat_headers("nope")) as resp:
         status, answer = await v2_json(resp)
     assert status == "404"
     assert answer == {"success": False, "request_id": answer["request_id"],
                       "data": {"code": "CHAT_NOT_FOUND", "details": "chat not found"}}
 
 
-async def test_two_user_messages_are_bad_request(client: Client) -> None:
+async def test_two_messages_are_a_validation_error(client: Client) -> None:
     chat_id = await new_chat(client)
     payload = v2_body(chat_id)
     payload["messages"].append({"role": "user", "content": "again"})
-    async with client.post(f"{V2_CHAT}?chat_id={chat_id}", json=payload, headers=AUTH) as resp:
+    async with client.post(completion_url(chat_id), json=payload, headers=chat_headers(chat_id)) as resp:
         status, answer = await v2_json(resp)
-    assert status == "400" and answer["data"]["code"] == "Bad_Request"
-    assert "only one user message" in answer["data"]["details"]
+    assert status == "422" and answer["data"]["code"] == "RequestValidationError"
+    assert "messages" in answer["data"]["details"]
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/api/v2/models/"), ("POST", V2_NEW),
-                                              ("POST", f"{V2_CHAT}?chat_id=x"), ("POST", V2_STOP)])
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer expired-token"}], ids=["none", "expired"])
-async def test_bad_token_on_v2_paths_is_200_with_401(client: Client, method: str, path: str,
-                                                     headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(("method", "path", "page", "completions"), [
+    ("POST", V2_NEW, "/c/new-chat", False), ("POST", f"{V2_CHAT}?chat_id=x", "/c/x", True),
+    ("POST", f"{V2_STOP}?chat_id=x", "/c/x", False), ("DELETE", "/api/v2/chats/x", "/c/x", False)])
+async def test_expired_token_cookie_on_v2_writes_is_200_with_401(client: Client, method: str, path: str,
+                                                               page: str, completions: bool) -> None:
+    """Rule 6: a well-formed request whose cookie token is expired gets the refresh cue (§7.1)."""
+    headers = v2_headers(page, completions=completions, token="expired-token")
     async with client.request(method, path, json={}, headers=headers) as resp:
+        status, answer = await v2_json(resp)
+    assert status == "401" and answer["success"] is False and answer["data"]["code"] == "Unauthorized"
+    assert state_of(client).log[-1].rejected == "bad_token"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer expired-token"}], ids=["none", "expired"])
+async def test_bad_token_on_v2_models_is_200_with_401(client: Client, headers: dict[str, str]) -> None:
+    async with client.get("/api/v2/models/", headers=headers) as resp:
         status, answer = await v2_json(resp)
     assert status == "401" and answer["success"] is False and answer["data"]["code"] == "Unauthorized"
 
@@ -253,7 +269,7 @@ async def test_search_frame_precedes_the_answer(client: Client) -> None:
     chat_id = await new_chat(client)
     body = v2_body(chat_id, payload_text)
     body["messages"][0]["chat_type"] = "search"
-    async with client.post(f"{V2_CHAT}?chat_id={chat_id}", json=body, headers=AUTH) as resp:
+    async with client.post(completion_url(chat_id), json=body, headers=chat_headers(chat_id)) as resp:
         raw = await resp.text()
     search = deltas(raw)[0]
     assert (search["name"], search["phase"], search["extra"]["web_search_info"]) == (
@@ -265,7 +281,7 @@ async def test_waf_and_plain_429_on_completions(client: Client) -> None:
     chat_id = await new_chat(client)
     for directive, status in (({"fault": "waf"}, 200), ({"fault": "http_429", "retry_after": 3}, 429)):
         body = v2_body(chat_id, with_directive("hi", **directive))
-        async with client.post(f"{V2_CHAT}?chat_id={chat_id}", json=body, headers=AUTH) as resp:
+        async with client.post(completion_url(chat_id), json=body, headers=chat_headers(chat_id)) as resp:
             assert resp.status == status
             if status == 200:
                 assert resp.content_type == "text/html"
@@ -309,7 +325,7 @@ async def test_stop_ends_the_live_stream_and_is_recorded(client: Client, where: 
     state = state_of(client)
     chat_id = await new_chat(client)
     text = with_directive("hi", reply="abcd", chunks=2, fault="stall_mid", after=1)
-    resp = await client.post(f"{V2_CHAT}?chat_id={chat_id}", json=v2_body(chat_id, text), headers=AUTH)
+    resp = await client.post(completion_url(chat_id), json=v2_body(chat_id, text), headers=chat_headers(chat_id))
     created = await resp.content.readline()
     rid = state.log[-1].response_id
     assert rid is not None and rid.encode() in created
@@ -317,7 +333,7 @@ async def test_stop_ends_the_live_stream_and_is_recorded(client: Client, where: 
         await state.first_chunk_sent.wait()
     ids = {"chat_id": chat_id, "response_id": rid}
     kwargs: dict[str, Any] = {"json": ids} if where == "body" else {"params": ids}
-    async with client.post(V2_STOP, headers=AUTH, **kwargs) as stop:
+    async with client.post(V2_STOP, headers=chat_headers(chat_id, completions=False), **kwargs) as stop:
         assert stop.status == 200 and (await stop.json())["success"] is True
     async with asyncio.timeout(WAIT_S):
         rest = await resp.read()  # the stream ends: no stall forever
@@ -329,10 +345,11 @@ async def test_stop_ends_the_live_stream_and_is_recorded(client: Client, where: 
 
 async def test_stop_for_a_finished_response_is_still_recorded(client: Client) -> None:
     state = state_of(client)
-    async with client.post(V2_STOP, json={"chatId": "c", "responseId": "r"}, headers=AUTH) as resp:
+    async with client.post(V2_STOP, json={"chatId": "c", "responseId": "r"},
+                           headers=chat_headers("c", completions=False)) as resp:
         assert (await resp.json())["success"] is True
     assert state.stop_calls == [("c", "r")] and state.streams_stopped == 0
-    async with client.post(V2_STOP, json={}, headers=AUTH) as resp:
+    async with client.post(V2_STOP, json={}, headers=chat_headers("c", completions=False)) as resp:
         status, _ = await v2_json(resp)
     assert status == "400" and len(state.stop_calls) == 1
 
@@ -344,7 +361,7 @@ async def test_reset_and_stall_faults_apply_to_v2(client: Client) -> None:
     assert phases(raw)[-1] == ("answer", "finished", "")
     body = v2_body(chat_id, with_directive("hi", reply="abcd", chunks=2, fault="reset_mid", after=1))
     lines: list[bytes] = []
-    async with client.post(f"{V2_CHAT}?chat_id={chat_id}", json=body, headers=AUTH) as resp:
+    async with client.post(completion_url(chat_id), json=body, headers=chat_headers(chat_id)) as resp:
         with pytest.raises(aiohttp.ClientPayloadError):
             async for line in resp.content:
                 lines.append(line)
@@ -355,7 +372,7 @@ async def test_reset_and_stall_faults_apply_to_v2(client: Client) -> None:
 async def test_byte_split_v2_stream_reassembles(client: Client) -> None:
     chat_id = await new_chat(client)
     body = v2_body(chat_id, with_directive("hi", reply="héllo 你好", chunks=3, split="byte", usage=False))
-    async with client.post(f"{V2_CHAT}?chat_id={chat_id}", json=body, headers=AUTH) as resp:
+    async with client.post(completion_url(chat_id), json=body, headers=chat_headers(chat_id)) as resp:
         reads = [chunk async for chunk in resp.content.iter_any()]
     raw = b"".join(reads).decode()
     assert len(reads) > 1 and "".join(d["content"] for d in deltas(raw)) == "héllo 你好"
