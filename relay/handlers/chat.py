@@ -25,6 +25,7 @@ from ..errors import (
 )
 from ..jsonio import dumps
 from ..keys import CALLS, CONFIG, GATE, METRICS, NONSTREAM_DEADLINES, OPERATOR
+from ..metrics import Metrics
 from ..middleware import INFO, RequestInfo
 from ..openai_wire import (
     ChatRequest,
@@ -194,12 +195,17 @@ async def _exchange_completion(request: web.Request, info: RequestInfo, chat: Ch
     app = request.app
     calls = app[CALLS]
     call = await calls.dialect.prepare(chat, options, calls.sender(token))
+    challenged = False
     try:
         async with calls.open(call, token) as upstream:
             info.upstream_attempts = upstream.attempts
             return await _read_completion(request, upstream, calls.dialect)
+    except UpstreamChallenge:
+        challenged = True
+        raise
     finally:
-        _clean_up(app, calls, call, token)
+        if not challenged:  # a challenged credential rests: not even a delete goes out on it
+            _clean_up(app, calls, call, token)
 
 
 async def _completion_response(request: web.Request, info: RequestInfo, chat: ChatRequest,
@@ -234,7 +240,10 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
     # The upstream streams (qwen-v2 always does): aggregate the stream.
     stats = StreamStats()
     frames = dialect.stream_frames(upstream_payloads(upstream.iter_bytes(), max_bytes, stats), stats)
-    answer = await aggregate(frames)
+    try:
+        answer = await aggregate(frames)
+    finally:
+        _count_stream_stats(request.app[METRICS], stats)
     return Completion(answer.content, answer.reasoning, answer.finish_reason or "stop", answer.usage)
 
 
@@ -253,6 +262,7 @@ async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, optio
     chat = plan.request
     call = await dialect.prepare(chat, options, calls.sender(token))
     stats = StreamStats()
+    challenged = False
     try:
         async with calls.open(call, token) as upstream:
             call = replace(call, body={})  # sent: the prompt need not live as long as the stream
@@ -312,13 +322,25 @@ async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, optio
                 info.bytes_out = stats.bytes_out
                 metrics = app[METRICS]
                 metrics.stream_duration.observe(time.perf_counter() - started)
-                metrics.divergences += stats.divergences
-                metrics.garbage_events += stats.garbage
-                metrics.client_disconnects += info.client_gone
-                metrics.foreign_frames += stats.foreign_frames
-                metrics.dropped_phase_frames += stats.dropped_phase_frames
+                _count_stream_stats(metrics, stats)
+    except asyncio.CancelledError:
+        info.client_gone = True  # the client left (aiohttp cancels its handler): stop what it asked for
+        raise
+    except UpstreamChallenge:
+        challenged = True
+        raise
     finally:  # also when the call was refused at its head: the chat exists
-        _clean_up(app, calls, call, token, stats.response_id if info.client_gone else None)
+        app[METRICS].client_disconnects += info.client_gone
+        if not challenged:  # a challenged credential rests: not even a delete goes out on it
+            _clean_up(app, calls, call, token, stats.response_id if info.client_gone else None)
+
+
+def _count_stream_stats(metrics: Metrics, stats: StreamStats) -> None:
+    """What the stages counted in one upstream stream, into /metrics (stream and non-stream alike)."""
+    metrics.divergences += stats.divergences
+    metrics.garbage_events += stats.garbage
+    metrics.foreign_frames += stats.foreign_frames
+    metrics.dropped_phase_frames += stats.dropped_phase_frames
 
 
 def _client_frames(upstream: UpstreamResponse, dialect: Dialect, plan: ToolPlan, stats: StreamStats,
