@@ -11,10 +11,15 @@ By default the qwen-v2 writes are as strict as the 2026 service (§7, ``strict.p
 cookie auth, the browser header set, fresh request ids, the 2026 body shape; a
 refused request gets the risk-control JSON or a v2 error, as the service answers.
 ``EmulatorConfig(strict=False)`` (``--lenient``) keeps the pre-2026 behaviour.
+
+The same listener is the auth host, auth.qwen.ai (§7.1, ``auth.py``): sign-in,
+refresh with rotating refresh tokens, JWT access tokens that expire, and jar
+pairing; ``EmulatorState.create_login`` gives a test a logged-in account at once.
 """
 
 from relay.emulator.config import EmulatorConfig
 from relay.emulator.directive import FAULTS, Directive, DirectiveError, parse_directive
+from relay.emulator.logins import LoginSeed, RefreshRecord, password_digest
 from relay.emulator.server import (
     EMULATOR_STATE,
     RunningEmulator,
@@ -32,11 +37,14 @@ __all__ = [
     "DirectiveError",
     "EmulatorConfig",
     "EmulatorState",
+    "LoginSeed",
+    "RefreshRecord",
     "RequestRecord",
     "RunningEmulator",
     "hermes_block",
     "make_emulator_app",
     "parse_directive",
+    "password_digest",
     "start_emulator",
     "tool_call_answer",
 ]

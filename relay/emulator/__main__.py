@@ -2,7 +2,9 @@
 
 Useful for pointing a relay in another process (or curl) at a fake Qwen. Strict
 about qwen-v2 writes by default, as the 2026 service is (§7); ``--lenient`` accepts
-pre-2026 requests (a Bearer token, no browser headers) for a quick curl.
+pre-2026 requests (a Bearer token, no browser headers) for a quick curl. The same
+listener is the auth host (``--auth-origin`` of the relay): ``--user`` accounts sign
+in, and ``--access-ttl`` sets how long their access tokens live.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import signal
 from collections.abc import Sequence
 
-from relay.emulator.config import EmulatorConfig
+from relay.emulator.config import DEFAULT_USERS, EmulatorConfig
 from relay.emulator.server import start_emulator
 
 
@@ -56,6 +58,26 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="answer this Bearer token 401 (repeatable; default: expired-token)",
     )
     parser.add_argument(
+        "--access-ttl",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="lifetime of the access tokens the auth host mints (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--user",
+        action="append",
+        default=None,
+        metavar="EMAIL:PASSWORD",
+        help="an account that may sign in (repeatable; default: demo@example.com:demo-password)",
+    )
+    parser.add_argument(
+        "--signin-limit",
+        type=int,
+        default=12,
+        help="sign-ins per client per 6 minutes before the WAF page (default: %(default)s)",
+    )
+    parser.add_argument(
         "--lenient",
         action="store_true",
         help="skip the 2026 checks on qwen-v2 writes: Bearer or cookie, no header or body-shape checks",
@@ -75,7 +97,22 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         default_chunks=args.chunks,
         default_delay_ms=args.delay_ms,
         strict=not args.lenient,
+        users=_users(args.user),
+        access_ttl_s=args.access_ttl,
+        signin_limit=args.signin_limit,
     )
+
+
+def _users(pairs: list[str] | None) -> dict[str, str]:
+    if not pairs:
+        return dict(DEFAULT_USERS)
+    users: dict[str, str] = {}
+    for pair in pairs:
+        email, sep, password = pair.partition(":")
+        if not sep or not email or not password:
+            raise SystemExit(f"--user wants EMAIL:PASSWORD, got {pair!r}")
+        users[email] = password
+    return users
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -6,7 +6,8 @@ always held only their fingerprint (``state.fingerprint``), and a canary test
 relies on it. So ``Authorization: Bearer <t>`` is kept as ``Bearer sha256:<fp>``,
 and any cookie whose name contains ``token`` (``token``, ``refresh_token``) as
 ``sha256:<fp>``, both in the cookie dict and in the raw ``cookie`` header: a test
-can still check that the Bearer and the cookie carry the same token.
+can still check that the Bearer and the cookie carry the same token. A sign-in
+body's ``password`` (a sha256 hex, but still the credential) is redacted alike.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from relay.emulator.state import fingerprint
 
-__all__ = ["capture_cookies", "capture_headers", "decode_body", "redacted"]
+__all__ = ["capture_cookies", "capture_headers", "decode_body", "redact_body", "redacted"]
 
 
 def redacted(value: str) -> str:
@@ -64,3 +65,10 @@ def decode_body(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:  # also UnicodeDecodeError
         return None
+
+
+def redact_body(body: Any) -> Any:
+    """Replace a top-level ``password`` (the sign-in body, §7.1) by its fingerprint."""
+    if isinstance(body, dict) and isinstance(body.get("password"), str):
+        return body | {"password": redacted(body["password"])}
+    return body

@@ -6,9 +6,9 @@ without importing aiohttp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_MODELS", "EmulatorConfig"]
+__all__ = ["DEFAULT_MODELS", "DEFAULT_USERS", "EmulatorConfig"]
 
 # Ids seen on chat.qwen.ai in Feb-Mar 2025 (QWEN_PROTOCOL.md §2.1), then v2-era ids
 # (qwen3.8-plus: the 2026 line that cannot skip thinking, §7.3);
@@ -26,6 +26,9 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "qwen3-max",
     "qwen3.8-plus",
 )
+
+# One account, so a relay's sign-in works out of the box (``--user`` adds more).
+DEFAULT_USERS: dict[str, str] = {"demo@example.com": "demo-password"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,15 @@ class EmulatorConfig:
     default_delay_ms: float = 0.0
     models: tuple[str, ...] = DEFAULT_MODELS
 
+    # The auth host (auth.qwen.ai, §7.1; ``auth.py``): accounts that may sign in
+    # (email → password; the client sends the password's sha256 hex).
+    users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS), repr=False, hash=False)
+    # Access-token lifetime: ~15 min on the service (§7.1 [C]); tests use 1-3 s.
+    access_ttl_s: float = 900.0
+    # Sign-ins per client within the window before the WAF page (§7.1 [S]: ~12 per 6 min).
+    signin_limit: int = 12
+    signin_window_s: float = 360.0
+
     def __post_init__(self) -> None:
         """Reject settings that would make every stream misbehave silently."""
         if self.default_chunks < 1:
@@ -61,3 +73,9 @@ class EmulatorConfig:
             raise ValueError("models must name at least one model")
         if self.valid_tokens is not None and not self.valid_tokens:
             raise ValueError("valid_tokens must be None or non-empty")
+        if self.access_ttl_s <= 0:
+            raise ValueError("access_ttl_s must be positive")
+        if self.signin_limit < 1:
+            raise ValueError("signin_limit must be at least 1")
+        if self.signin_window_s <= 0:
+            raise ValueError("signin_window_s must be positive")

@@ -25,6 +25,7 @@ from relay.emulator.faults import (
     http_fault,
     v2_error_body,
 )
+from relay.emulator.logins import Access
 from relay.emulator.playback import stall
 from relay.emulator.request import Features
 from relay.emulator.script import DEFAULT_SOURCES
@@ -40,6 +41,7 @@ __all__ = [
     "detail",
     "dumps",
     "is_authorized",
+    "judge_access",
     "pre_stream",
     "read_json",
     "reject",
@@ -80,6 +82,15 @@ def is_authorized(value: str | None, config: EmulatorConfig) -> bool:
     if not value or value in config.expired_tokens:
         return False
     return config.valid_tokens is None or value in config.valid_tokens
+
+
+def judge_access(request: web.Request, value: str | None) -> Access:
+    """Judge a token: an emulator JWT by its signature, ``exp`` and login (``logins.py``);
+    any other token by the pre-login rules of :func:`is_authorized`."""
+    verdict = request.app[EMULATOR_STATE].logins.judge(value)
+    if verdict is not None:
+        return verdict
+    return Access("ok" if is_authorized(value, request.app[EMULATOR_CONFIG]) else "bad_token")
 
 
 async def read_json(request: web.Request) -> Any:

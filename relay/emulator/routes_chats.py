@@ -7,6 +7,10 @@ here, in the service's order (§7.1, §7.2, §7.5): the token (the ``token`` coo
 when strict, Bearer or cookie when lenient), then the ``version`` header, then the
 body shape (``strict.body_problem``).
 
+A token that is an emulator JWT (``logins.py``) is judged by its signature, ``exp``
+and login: expired is 401 ``Unauthorized`` "Token expired" (§7.1 [C]). A successful
+``chats/new`` of such a login also answers ``Set-Cookie: ssxmod_itna`` (``auth.rotate_jar``).
+
 [I] choices where the notes are silent: ``chats/new`` answers ``data`` with ``id``
 plus the echoed fields; the stop call answers ``{"success": true, "request_id"}``
 whether or not anything was live; DELETE answers ``data: {"status": true}`` and an
@@ -20,22 +24,35 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.emulator.auth import rotate_jar
 from relay.emulator.handling import (
     EMULATOR_CONFIG,
     EMULATOR_RECORD,
     EMULATOR_STATE,
-    is_authorized,
+    judge_access,
     read_json,
     respond,
     v2_error,
     v2_token,
 )
+from relay.emulator.logins import Access
 from relay.emulator.state import RequestRecord
 from relay.emulator.strict import WriteKind, body_problem
 
-__all__ = ["UNAUTHORIZED_V2", "admit", "chats_new", "delete_chat", "read_v2_body", "stop_v2"]
+__all__ = [
+    "TOKEN_EXPIRED_DETAILS",
+    "UNAUTHORIZED_V2",
+    "admit",
+    "chats_new",
+    "delete_chat",
+    "read_v2_body",
+    "stop_v2",
+    "v2_unauthorized",
+]
 
 UNAUTHORIZED_V2 = "Unauthorized: your token is invalid or has expired; please sign in again."
+# §7.1 [C]: an expired access token, the relay's cue to refresh and retry once.
+TOKEN_EXPIRED_DETAILS = "Token expired"
 # §7.2 [S, controlled]: a write without the version header.
 NO_VERSION_DETAILS = "internal error"
 
@@ -44,13 +61,20 @@ def admit(request: web.Request, record: RequestRecord) -> web.Response | None:
     """Check the token, then (strict) the ``version`` header; a refusal, or None to go on."""
     record.dialect = "v2"
     config = request.app[EMULATOR_CONFIG]
-    if not is_authorized(v2_token(request, config), config):
-        record.rejected = "bad_token"
-        return v2_error(record, 401, "Unauthorized", UNAUTHORIZED_V2)
+    access = judge_access(request, v2_token(request, config))
+    if not access.ok:
+        return v2_unauthorized(record, access)
     if config.strict and not request.headers.get("version"):
         record.rejected = "no_version"
         return v2_error(record, 400, "Bad_Request", NO_VERSION_DETAILS)
     return None
+
+
+def v2_unauthorized(record: RequestRecord, access: Access) -> web.Response:
+    """200 + 401 ``Unauthorized``; "Token expired" when only the ``exp`` is past (§7.1 [C])."""
+    record.rejected = access.rule
+    details = TOKEN_EXPIRED_DETAILS if access.rule == "token_expired" else UNAUTHORIZED_V2
+    return v2_error(record, 401, "Unauthorized", details)
 
 
 async def read_v2_body(
@@ -104,7 +128,8 @@ async def chats_new(request: web.Request) -> web.Response:
         "chat_type": chat.chat_type,
         "created_at": int(chat.created_at),
     }
-    return respond(record, 200, {"success": True, "request_id": str(uuid.uuid4()), "data": data})
+    response = respond(record, 200, {"success": True, "request_id": str(uuid.uuid4()), "data": data})
+    return rotate_jar(request, record, response)
 
 
 def _id(body: dict[str, Any], query: Any, *names: str) -> str:

@@ -23,7 +23,7 @@ from relay.emulator.handling import (
     applied_fault,
     delay_s,
     detail,
-    is_authorized,
+    judge_access,
     pre_stream,
     read_json,
     respond,
@@ -44,7 +44,7 @@ async def chat_v1(request: web.Request) -> web.StreamResponse:
     """Answer a v1-path completion: v1 cumulative, incremental, or phase-tagged."""
     state, config = request.app[EMULATOR_STATE], request.app[EMULATOR_CONFIG]
     record = request[EMULATOR_RECORD]
-    if not is_authorized(token(request), config):
+    if not judge_access(request, token(request)).ok:
         return unauthorized_v1(record)
     try:
         body = await read_json(request)

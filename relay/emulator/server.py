@@ -3,15 +3,21 @@
 Routes: ``GET /api/models`` and ``POST /api/chat/completions`` (qwen-v1 and
 qwen-phase, ``routes_v1.py``); ``GET /api/v2/models/``, ``POST /api/v2/chats/new``,
 ``POST /api/v2/chat/completions``, ``…/stop`` and ``DELETE /api/v2/chats/<id>``
-(qwen-v2, ``routes_v2.py``, ``routes_chats.py``); and ``/_emulator/*`` for tests in
-another process (log, reset, arm, chats).
+(qwen-v2, ``routes_v2.py``, ``routes_chats.py``); the auth host's
+``/api/v2/auths/signin``, ``/api/v2/auths/refresh`` and the retired
+``/api/v1/auths/signin`` (``auth.py``: same listener, routed by path); and
+``/_emulator/*`` for tests in another process (log, reset, arm, chats; logins,
+refreshes, signin_wall, challenge, require_bx in ``auth_control.py``).
 
 A gateway middleware wraps every emulated route: it logs the request (headers,
 cookies and body included, tokens redacted: ``capture.py``) before anything can
 fail, applies a fault armed for the path (``EmulatorState.arm``: the only way to
 fault a request that carries no message, such as ``GET /api/models``), then, when
 strict, answers a v2 write that breaks rules 1-5 of ``strict.py`` with the
-risk-control JSON, and does the disconnect bookkeeping. [I] An armed fault wins over
+risk-control JSON, then applies the per-login gates to any v2 write of an
+emulator-JWT login (``auth.account_gate``: a challenge owed, a jar paired with
+another login, a missing ``bx-*`` bundle; risk control too), and does the
+disconnect bookkeeping. [I] An armed fault wins over
 the strict checks: it stands for a gateway in front of the service.
 
 Disconnects: an app started by :func:`start_emulator` (and pytest-aiohttp's test
@@ -31,7 +37,9 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from relay.emulator.capture import capture_cookies, capture_headers, decode_body
+from relay.emulator.auth import account_gate, add_auth_routes
+from relay.emulator.auth_control import add_auth_control_routes
+from relay.emulator.capture import capture_cookies, capture_headers, decode_body, redact_body
 from relay.emulator.catalogue import models_payload, v2_models_payload
 from relay.emulator.config import EmulatorConfig
 from relay.emulator.directive import DirectiveError
@@ -42,16 +50,16 @@ from relay.emulator.handling import (
     EMULATOR_STATE,
     HANDLERS,
     dumps,
-    is_authorized,
+    judge_access,
     pre_stream,
     reject,
     respond,
     token,
     unauthorized_v1,
-    v2_error,
 )
+from relay.emulator.logins import LoginBook
 from relay.emulator.playback import is_peer_gone
-from relay.emulator.routes_chats import UNAUTHORIZED_V2, chats_new, delete_chat, stop_v2
+from relay.emulator.routes_chats import chats_new, delete_chat, stop_v2, v2_unauthorized
 from relay.emulator.routes_v1 import chat_v1
 from relay.emulator.routes_v2 import chat_completions_v2
 from relay.emulator.state import EmulatorState, RequestRecord
@@ -80,7 +88,7 @@ def make_emulator_app(config: EmulatorConfig | None = None, *, strict: bool | No
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_gateway])
     app[EMULATOR_CONFIG] = _configured(config, strict)
-    app[EMULATOR_STATE] = EmulatorState()
+    app[EMULATOR_STATE] = EmulatorState(logins=LoginBook.from_config(app[EMULATOR_CONFIG]))
     app[HANDLERS] = set()
     app.on_shutdown.append(_cancel_handlers)
     app.router.add_get("/api/models", _models)
@@ -91,10 +99,12 @@ def make_emulator_app(config: EmulatorConfig | None = None, *, strict: bool | No
     app.router.add_post("/api/v2/chat/completions", chat_completions_v2)
     app.router.add_post("/api/v2/chat/completions/stop", stop_v2)
     app.router.add_delete("/api/v2/chats/{chat_id}", delete_chat)
+    add_auth_routes(app)
     app.router.add_get("/_emulator/log", _log)
     app.router.add_get("/_emulator/chats", _chats)
     app.router.add_post("/_emulator/reset", _reset)
     app.router.add_post("/_emulator/arm", _arm)
+    add_auth_control_routes(app)
     return app
 
 
@@ -171,7 +181,7 @@ async def _gateway(request: web.Request, handler: _Handler) -> web.StreamRespons
     handlers.add(task)
     try:
         raw = await request.read()  # aiohttp keeps it: the handler reads it again for free
-        record.body = decode_body(raw)
+        record.body = redact_body(decode_body(raw))
         armed = state.take_armed(request.path)
         if armed is not None:
             directive = build_gateway_directive(armed)  # validated when armed
@@ -181,6 +191,10 @@ async def _gateway(request: web.Request, handler: _Handler) -> web.StreamRespons
                 return early
         if kind is not None and config.strict:
             refused = _risk_check(request, record, kind, len(raw), is_fresh_request_id)
+            if refused is not None:
+                return refused
+        if kind is not None:
+            refused = account_gate(request, record)
             if refused is not None:
                 return refused
         return await handler(request)
@@ -214,7 +228,7 @@ def _risk_check(
 
 async def _models(request: web.Request) -> web.Response:
     config, record = request.app[EMULATOR_CONFIG], request[EMULATOR_RECORD]
-    if not is_authorized(token(request), config):
+    if not judge_access(request, token(request)).ok:
         return unauthorized_v1(record)
     return respond(record, 200, models_payload(config.models))
 
@@ -222,8 +236,9 @@ async def _models(request: web.Request) -> web.Response:
 async def _models_v2(request: web.Request) -> web.Response:
     config, record = request.app[EMULATOR_CONFIG], request[EMULATOR_RECORD]
     record.dialect = "v2"
-    if not is_authorized(token(request), config):
-        return v2_error(record, 401, "Unauthorized", UNAUTHORIZED_V2)
+    access = judge_access(request, token(request))
+    if not access.ok:
+        return v2_unauthorized(record, access)
     return respond(record, 200, v2_models_payload(config.models))
 
 

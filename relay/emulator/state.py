@@ -10,6 +10,10 @@ qwen-v2 adds server-side conversation state (§4.1): chats must be created befor
 they are completed, and a response can be stopped by id (§4.2) or its chat deleted
 (§7.3). All of it lives here so relay tests can assert on it in-process.
 
+The auth host's logins (§7.1) live in ``EmulatorState.logins`` (``logins.py``);
+:meth:`EmulatorState.create_login` makes one without a sign-in and
+``EmulatorState.refreshes`` lists every refresh attempt.
+
 The 2026 service refuses a reused ``x-request-id`` (§7.2); the ids seen are kept
 across :meth:`EmulatorState.reset` (the service does not forget between tests),
 bounded so a long benchmark cannot grow them without limit.
@@ -25,11 +29,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.emulator.faults import build_gateway_directive
+from relay.emulator.logins import LoginBook, LoginSeed, RefreshRecord
 
-__all__ = ["ArmedDirective", "ChatRecord", "EmulatorState", "LiveResponse", "RequestRecord", "fingerprint"]
+__all__ = [
+    "ArmedDirective",
+    "ChatRecord",
+    "EmulatorState",
+    "LiveResponse",
+    "RequestRecord",
+    "fingerprint",
+    "is_auth_path",
+]
 
 # [I] Far more than any replay window a relay bug could produce; ~100 bytes each.
 MAX_SEEN_REQUEST_IDS = 100_000
+
+
+def is_auth_path(path: str) -> bool:
+    """Whether ``path`` belongs to the auth host (auth.qwen.ai, §7.1) rather than the chat host."""
+    return path.startswith(("/api/v2/auths", "/api/v1/auths"))
 
 
 def fingerprint(token: str) -> str:
@@ -78,6 +96,10 @@ class RequestRecord:
     rejected: str | None = None
     # DELETE /api/v2/chats/<id> removed that chat.
     chat_deleted: bool = False
+    # The login of an emulator JWT the request carried (logins.py), and the jar
+    # cookies it presented with an outdated value (recorded, never refused).
+    login_id: str | None = None
+    stale_cookies: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Render for ``GET /_emulator/log``."""
@@ -108,6 +130,8 @@ class RequestRecord:
             "body": self.body,
             "rejected": self.rejected,
             "chat_deleted": self.chat_deleted,
+            "login_id": self.login_id,
+            "stale_cookies": list(self.stale_cookies),
         }
 
 
@@ -193,6 +217,8 @@ class EmulatorState:
     seen_request_ids: dict[str, None] = field(default_factory=dict)
     armed: list[ArmedDirective] = field(default_factory=list)
     live_responses: dict[str, LiveResponse] = field(default_factory=dict)
+    # The auth host's logins, tokens and switches (logins.py, auth.py).
+    logins: LoginBook = field(default_factory=LoginBook)
     _pulse: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def reset(self) -> None:
@@ -212,7 +238,19 @@ class EmulatorState:
         self.stop_called.clear()
         self.deleted_chats.clear()
         self.armed.clear()
+        self.logins.reset()
         self.notify()
+
+    def create_login(self, email: str) -> LoginSeed:
+        """Make a signed-in login of ``email`` without a sign-in: tokens and the whole jar."""
+        seed = self.logins.create_login(email)
+        self.notify()
+        return seed
+
+    @property
+    def refreshes(self) -> list[RefreshRecord]:
+        """Every refresh attempt since the last reset, oldest first."""
+        return self.logins.refreshes
 
     def notify(self) -> None:
         """Wake every waiter so it re-checks its condition."""
@@ -306,7 +344,9 @@ class EmulatorState:
     def take_armed(self, path: str) -> Mapping[str, Any] | None:
         """Return (and use up one application of) the first directive armed for ``path``."""
         for index, armed in enumerate(self.armed):
-            if path.startswith(armed.path):
+            # [I] The auth host is another host (§7.1): only a fault armed for an
+            # auth path reaches it, not one armed for "/" in front of the chat host.
+            if path.startswith(armed.path) and (is_auth_path(armed.path) or not is_auth_path(path)):
                 if armed.times is not None:
                     armed.times -= 1
                     if armed.times == 0:

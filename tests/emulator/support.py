@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from relay.emulator import EMULATOR_STATE, EmulatorState
+from relay.emulator import EMULATOR_STATE, EmulatorState, LoginSeed
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,8 +40,13 @@ FAST = {"thinking_enabled": False, "auto_thinking": False, "thinking_mode": "Fas
         "research_mode": "normal", "auto_search": True}
 
 
-def v2_headers(page: str = "/c/new-chat", *, completions: bool = False, token: str = TOKEN) -> dict[str, str]:
-    """The full 2026 header set for a v2 write from ``page`` (a fresh x-request-id each call)."""
+def v2_headers(page: str = "/c/new-chat", *, completions: bool = False, token: str = TOKEN,
+               cookie: str | None = None) -> dict[str, str]:
+    """The full 2026 header set for a v2 write from ``page`` (a fresh x-request-id each call).
+
+    ``cookie`` replaces the bare ``token=…`` jar, e.g. with a login's whole jar
+    (``LoginSeed.cookie``).
+    """
     headers = {
         "User-Agent": CHROME_UA,
         "sec-ch-ua": SEC_CH_UA,
@@ -57,12 +62,24 @@ def v2_headers(page: str = "/c/new-chat", *, completions: bool = False, token: s
         "sec-fetch-dest": "empty",
         "sec-fetch-mode": "cors",
         "sec-fetch-site": "same-origin",
-        "Cookie": f"token={token}",
+        "Cookie": f"token={token}" if cookie is None else cookie,
         "Authorization": f"Bearer {token}",
     }
     if completions:
         headers |= {"Accept": "application/json", "x-accel-buffering": "no"}
     return headers
+
+
+def login_headers(seed: LoginSeed, page: str = "/c/new-chat", **kw: Any) -> dict[str, str]:
+    """A v2 write as the web app signed in as ``seed`` sends it: Bearer and the whole jar (§7.1)."""
+    return v2_headers(page, token=seed.access_token, cookie=seed.cookie, **kw)
+
+
+def refresh_headers(cookie: str) -> dict[str, str]:
+    """What the web app sends to ``GET auth.qwen.ai/api/v2/auths/refresh`` (§7.1 [S])."""
+    return {"User-Agent": CHROME_UA, "version": "0.3.12", "source": "web", "x-request-origin": ORIGIN,
+            "sec-fetch-site": "same-site", "sec-fetch-mode": "cors", "sec-fetch-dest": "empty",
+            "Origin": ORIGIN, "Cookie": cookie}
 
 
 def new_chat_headers(**kw: Any) -> dict[str, str]:
