@@ -94,9 +94,9 @@ class SummaryText:
         pieces = [p for p in paragraphs if isinstance(p, str)]
         if self._incremental:
             return "".join(pieces)
-        if not any(pieces):
-            return ""  # no text at all is no evidence either way
         text = "\n\n".join(pieces)
+        if not text:
+            return ""  # no text at all is no evidence either way
         if text.startswith(self._seen):
             new = text[len(self._seen):]
             self._seen = text
