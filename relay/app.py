@@ -18,6 +18,7 @@ from .handlers import chat, health, models
 from .keys import (
     CALLS,
     CONFIG,
+    EGRESS,
     GATE,
     LIFECYCLE,
     METRICS,
@@ -34,7 +35,7 @@ from .middleware import method_not_allowed, not_found, preflight, relay_route, r
 from .models_cache import ModelsCache
 from .operator import Operator
 from .state import open_state
-from .upstream import UpstreamClient
+from .upstream import Egress, UpstreamClient
 
 __all__ = ["make_app"]
 
@@ -90,10 +91,11 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         emulator = await start_emulator()
         origin = emulator.url
         _log.info("emulator_started", extra={"fields": {"url": origin}})
-    # No cookie jar: a Set-Cookie from Qwen Chat answering one caller must never ride
-    # along on another caller's request (configured cookies go in --config headers).
+    # No cookie jar (Egress): a Set-Cookie from Qwen Chat answering one caller must never
+    # ride along on another caller's request (configured cookies go in --config headers).
     dialect = get_dialect(config.dialect, config)
-    client = UpstreamClient(origin, config, app[METRICS], refusal=dialect.refusal)
+    egress = app[EGRESS] = Egress.from_config(config)
+    client = UpstreamClient(origin, config, app[METRICS], refusal=dialect.refusal, egress=egress)
     app[UPSTREAM] = client
     calls = app[CALLS] = Calls(client, dialect, config)
     state = app[OPERATOR].state
@@ -106,6 +108,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         await app[MODELS].close()
         await app[POOL_MODELS].close()
         await client.close()
+        await egress.close()
         await state.close()
         app[NONSTREAM_DEADLINES].close()
         if emulator is not None:

@@ -83,6 +83,9 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("--web-version", str, _DEFAULTS.web.version,
              "the Qwen Chat web app version sent as the 'version' header (qwen-v2); without the current "
              "one, writes fail with Bad_Request"),
+    _Setting("--proxy", str, None,
+             "egress proxy for upstream calls without their own: http://, https:// (CONNECT) or "
+             "socks5:// / socks5h:// URL, user:password@ allowed; unset: HTTPS_PROXY/HTTP_PROXY/NO_PROXY"),
     _Setting("--challenge-cooldown", float, _DEFAULTS.challenge_cooldown_s,
              "seconds a credential rests after Qwen Chat answered it with risk control"),
     _Setting("--max-upstream-body-bytes", int, _DEFAULTS.max_upstream_body_bytes,
@@ -220,6 +223,8 @@ def parse_config(argv: Sequence[str] | None = None,
             busy_poll_us=v["busy_poll_us"],
             unix=v["unix"] or None,
             upstream_headers=file.headers,
+            proxy=v["proxy"] or None,
+            ca_file=file.ca_file,
             web=WebClient(version=v["web_version"], **file.web),
             challenge_cooldown_s=v["challenge_cooldown"],
             max_upstream_body_bytes=v["max_upstream_body_bytes"],
@@ -247,7 +252,8 @@ def _name_env_source(message: str, args: argparse.Namespace, environ: Mapping[st
     """Point at the env var when the bad value came from one, not from the flag."""
     for setting in _SETTINGS:
         if setting.flag in message and getattr(args, setting.dest) is None and setting.env in environ:
-            return f"{message} ({setting.env}={environ[setting.env]!r})"
+            shown = "***" if setting.dest == "proxy" else repr(environ[setting.env])  # may hold a password
+            return f"{message} ({setting.env}={shown})"
     return message
 
 

@@ -6,13 +6,15 @@ stores the Config under an AppKey. Each default carries its reason.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .operator.config import OperatorConfig
 
-__all__ = ["DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "Config", "Limits", "Timeouts", "WebClient", "zone"]
+__all__ = ["DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "PROXY_SCHEMES", "Config", "Limits", "Timeouts", "WebClient", "proxy_problem", "zone"]
 
 #: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
 EMULATOR_UPSTREAM = "emulator"
@@ -20,6 +22,9 @@ EMULATOR_UPSTREAM = "emulator"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DIALECT_NAMES = ("qwen-v1", "qwen-phase", "qwen-v2")
 LOOPS = ("auto", "asyncio", "uvloop")
+#: egress proxies the relay can use: HTTP CONNECT (``https``: TLS to the proxy) and SOCKS5
+#: (``socks5h``: the proxy resolves the name).
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 #: above ~128 KB of encoded JSON a completion gets risk control (§7.3 [C]); a margin below.
 DEFAULT_MAX_UPSTREAM_BODY_BYTES = 120_000
 
@@ -114,6 +119,11 @@ class Config:
     drain_timeout_s: float = 30.0
     #: listen on this unix socket instead of host:port (nginx on the same host).
     unix: str | None = None
+    #: the egress of every upstream call without a proxy of its own (``--proxy``); None: the
+    #: environment's ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``, else direct.
+    proxy: str | None = field(default=None, repr=False)  # may carry user:password
+    #: ``[upstream] ca_file``: PEM certificates trusted beside the system's (a TLS-inspecting proxy).
+    ca_file: str | None = None
     #: extra upstream request headers (``--config`` ``[upstream.headers]``), e.g. ``bx-v``;
     #: they override the relay's own, name by name.
     upstream_headers: tuple[tuple[str, str], ...] = ()
@@ -168,6 +178,10 @@ class Config:
         _require(self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         _require(self.drain_timeout_s >= 0, "--drain-timeout must not be negative")
         _require(self.unix is None or bool(self.unix.strip()), "--unix must be a path")
+        problem = proxy_problem(self.proxy) if self.proxy is not None else None
+        _require(problem is None, f"--proxy: {problem}")
+        _require(self.ca_file is None or os.path.isfile(self.ca_file),
+                 f"[upstream] ca_file: no such file: {self.ca_file}")
         _require(self.challenge_cooldown_s >= 0, "--challenge-cooldown must not be negative")
         _require(self.max_upstream_body_bytes >= 1024, "--max-upstream-body-bytes must be at least 1024")
         _require(self.timeouts.upstream_s > 0, "--timeout must be positive")
@@ -189,6 +203,23 @@ class Config:
     @property
     def cors_allows_any(self) -> bool:
         return "*" in self.cors_origins
+
+
+def proxy_problem(url: str) -> str | None:
+    """What is wrong with a proxy URL, or None; never quotes it (it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "not a valid URL (expected scheme://[user:password@]host:port)"
+    if parts.scheme not in PROXY_SCHEMES:
+        return f"the scheme must be one of {', '.join(s + '://' for s in PROXY_SCHEMES)}"
+    if not parts.hostname:
+        return "the proxy URL names no host"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "a proxy URL is scheme://[user:password@]host:port, without a path"
+    del port  # parsed only to reject a bad one
+    return None
 
 
 def _require(condition: bool, message: str) -> None:

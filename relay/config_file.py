@@ -15,6 +15,7 @@ start with the line and the field, never half-applied.
     timezone = "Asia/Shanghai"         # the ``timezone`` header's zone (IANA name)
     user_agent = "Mozilla/5.0 …"       # replaces the User-Agent and its client hints
     bearer = true                      # Authorization: Bearer beside the token cookie
+    ca_file = "ca.pem"                 # trusted beside the system CAs; relative to this file
 
     [upstream.headers]
     "bx-v" = "2.5.36"
@@ -53,6 +54,8 @@ class ConfigFile:
     headers: tuple[tuple[str, str], ...] = ()
     #: ``[upstream]`` settings of the web client: cookies, timezone, user_agent, bearer.
     web: dict[str, Any] = field(default_factory=dict)
+    #: ``[upstream] ca_file``, resolved against the file's directory; checked to exist.
+    ca_file: str | None = None
     #: None when the file has no ``[operator]`` table.
     operator: OperatorConfig | None = None
 
@@ -120,6 +123,7 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
         raise fail("upstream", "must be a table")
     headers: list[tuple[str, str]] = []
     web: dict[str, Any] = {}
+    ca_file: str | None = None
     for key, value in upstream.items():
         if key == "headers":
             if not isinstance(value, dict):
@@ -130,15 +134,22 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
             if not isinstance(value, str) or any(ch in value for ch in "\r\n\0"):
                 raise fail(f"upstream.{key}", "must be a one-line string")
             web[key] = value
+        elif key == "ca_file":
+            if not isinstance(value, str) or not value.strip():
+                raise fail("upstream.ca_file", "must be the path of a PEM file")
+            resolved = Path(path).parent / Path(value).expanduser()
+            if not resolved.is_file():
+                raise fail("upstream.ca_file", f"no such file: {resolved}")
+            ca_file = str(resolved)
         elif key == "bearer":
             if not isinstance(value, bool):
                 raise fail("upstream.bearer", "must be true or false")
             web[key] = value
         else:
-            raise fail(f"upstream.{key}", "unknown setting (expected headers, cookies, timezone, user_agent "
-                                          "or bearer)")
+            raise fail(f"upstream.{key}", "unknown setting (expected headers, cookies, timezone, user_agent, "
+                                          "bearer or ca_file)")
     operator = parse_operator(data["operator"], fail, line_in_key) if "operator" in data else None
-    return ConfigFile(settings=settings, headers=tuple(headers), web=web, operator=operator)
+    return ConfigFile(settings=settings, headers=tuple(headers), web=web, ca_file=ca_file, operator=operator)
 
 
 def _header(fail: Any, name: str, value: Any, key: str | None = None) -> tuple[str, str]:

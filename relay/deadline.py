@@ -5,7 +5,7 @@ a timer per request costs far more than its micro-benchmark: on uvloop each
 ``call_at`` + ``cancel`` is a libuv timer started, stopped and closed, and
 measured 7-10 CPU-µs per request under load (``asyncio.timeout`` adds its own
 object on top). So the deadlines of one length share one ticker, as the
-upstream pool's read deadlines do (``upstream.http1``)::
+hand-written upstream pool's read deadlines once did::
 
     deadline = deadlines.start()  # in the task to bound
     try:

@@ -12,9 +12,9 @@ from .limits import ConcurrencyGate
 from .metrics import Metrics
 from .models_cache import ModelsCache
 from .operator import Operator
-from .upstream import UpstreamClient
+from .upstream import Egress, UpstreamClient
 
-__all__ = ["CALLS", "CONFIG", "GATE", "LIFECYCLE", "METRICS", "MODELS", "NONSTREAM_DEADLINES", "OPERATOR", "POOL_MODELS",
+__all__ = ["CALLS", "CONFIG", "EGRESS", "GATE", "LIFECYCLE", "METRICS", "MODELS", "NONSTREAM_DEADLINES", "OPERATOR", "POOL_MODELS",
            "UPSTREAM"]
 
 CONFIG = web.AppKey("config", Config)
@@ -22,6 +22,8 @@ CONFIG = web.AppKey("config", Config)
 CALLS = web.AppKey("calls", Calls)
 GATE = web.AppKey("gate", ConcurrencyGate)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
+#: the ways out (direct, proxies) every upstream client of the app sends through.
+EGRESS = web.AppKey("egress", Egress)
 MODELS = web.AppKey("models", ModelsCache)
 METRICS = web.AppKey("metrics", Metrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

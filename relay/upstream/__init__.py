@@ -1,5 +1,6 @@
 """Everything that talks to Qwen Chat over the network lives here."""
 
 from .client import UpstreamClient, UpstreamResponse
+from .egress import Egress
 
-__all__ = ["UpstreamClient", "UpstreamResponse"]
+__all__ = ["Egress", "UpstreamClient", "UpstreamResponse"]

@@ -1,31 +1,40 @@
-"""The upstream HTTP client: one keep-alive pool, retries, exception mapping.
+"""The upstream HTTP client: aiohttp's client, retries, exception mapping.
 
 This is the one boundary where transport errors and timeouts become
 ``Upstream*`` errors (encode/httpcore's ``map_exceptions``), always chained
-with ``raise ... from``. Above it, nothing knows about sockets.
+with ``raise ... from``. Above it, nothing knows about sockets or aiohttp.
 
 It knows HTTP only: status, headers, bytes, timeouts. What an answer means in
 Qwen Chat's conventions (a status in ``x-actual-status-code``, risk control, a
 WAF page) is the dialect's call: the client hands every answer that is not
 plainly successful to the ``refusal`` function it was given, and retries when
-that says another attempt may help. The request headers come with each call.
+that says another attempt may help. The request headers come with each call;
+the way out (direct or a proxy) is the shared ``Egress``'s.
 
 Timeouts: ``--timeout`` bounds the connect (pool wait included), then the wait
-for the response head, then each silent gap while reading the body: the pool's
-one ticker checks every busy connection (``http1``), and the gap clock pauses
-while reading is paused for backpressure, so a slow client never makes the
-upstream look silent. Nothing caps a whole stream.
+for the response head, then each silent gap while reading the body: aiohttp's
+own ``connect`` / ``sock_connect`` / ``sock_read``. aiohttp stops the read
+clock while reading is paused for backpressure, so a slow client never makes
+the upstream look silent. Nothing caps a whole stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from types import TracebackType
 from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import hdrs
+from aiohttp.payload import BytesPayload
+from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+from yarl import URL
 
 from ..config import Config
 from ..errors import (
@@ -39,31 +48,36 @@ from ..errors import (
 from ..jsonio import dumps, loads
 from ..metrics import Metrics
 from ..pipeline._util import stage
-from .http1 import (
-    ACCEPT_ENCODING,
-    ConnectError,
-    Http1Error,
-    Http1Pool,
-    Http1Response,
-    ProtocolViolation,
-    ReadTimeout,
-)
+from .egress import POOL_HEADROOM, Egress, EgressClosed, Route
 from .retry import backoff_s
 
-__all__ = ["BackgroundRequest", "Exchange", "Headers", "Refusal", "RefusalCheck", "UpstreamClient", "UpstreamResponse"]
+__all__ = [
+    "POOL_HEADROOM",
+    "BackgroundRequest",
+    "Exchange",
+    "Headers",
+    "Refusal",
+    "RefusalCheck",
+    "UpstreamClient",
+    "UpstreamResponse",
+]
 
 _log = logging.getLogger("relay.upstream")
 
 Headers = Sequence[tuple[str, str]]
+#: ``on_cookies``: {name: value} of the cookies an answer set.
+CookieSink = Callable[[Mapping[str, str]], None]
 _ERROR_BODY_BYTES = 64 * 1024
 #: bounds a chat-creation or stop answer: a few hundred bytes in practice.
 _SMALL_JSON_BYTES = 1024 * 1024
-#: keep-alive connections beyond the concurrency limit (models fetches, stop requests).
-POOL_HEADROOM = 32
+#: redirects followed by a client made with ``follow_redirects`` (the auth host).
+MAX_REDIRECTS = 5
 #: background calls (stop, delete) in flight at once; more wait their turn, up to the backlog.
 _BACKGROUND_CONCURRENCY = 8
 #: background calls beyond this are dropped (logged): a chat left behind beats unbounded memory.
 _BACKGROUND_BACKLOG = 1000
+_CA_FILE_HINT = ("a TLS certificate error: the upstream's certificate is not trusted. Behind a "
+                 "TLS-inspecting proxy, name its CA in the config file's [upstream] ca_file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,8 @@ class BackgroundRequest:
     headers: Headers
     body: dict[str, Any] | None
     event: str
+    proxy: str | None = None
+    on_cookies: CookieSink | None = None
 
 
 class Refusal(Protocol):
@@ -90,8 +106,6 @@ class Refusal(Protocol):
 
 #: (status, headers, content type, start of the body) → what it means, or None if it is fine.
 RefusalCheck = Callable[[int, Mapping[str, str], str, bytes], Refusal | None]
-#: the upstream response headers this module reads; the others are not kept.
-HEADERS_READ = frozenset({"content-type", "content-encoding", "x-actual-status-code", "retry-after"})
 
 
 class _Retryable(Exception):
@@ -108,10 +122,11 @@ class UpstreamResponse:
 
     __slots__ = ("_abort_error", "_response", "_timeout_s", "attempts")
 
-    def __init__(self, response: Http1Response, attempts: int, timeout_s: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, attempts: int, timeout_s: float) -> None:
         self._response = response
         self.attempts = attempts
         self._timeout_s = timeout_s
+        self._abort_error: RelayError | None = None
 
     def abort(self, error: RelayError) -> None:
         """Close the connection now; the reader sees ``error`` instead of a broken pipe.
@@ -119,11 +134,15 @@ class UpstreamResponse:
         Used by the drain at its deadline: each open stream's reader wakes up and
         the pipeline ends the stream with an error event and ``[DONE]``.
         """
-        self._response.abort(error)
+        self._abort_error = error
+        self._response.close()
 
     def close(self) -> None:
-        """Back to the pool if read to the end, else dropped (the upstream stops generating)."""
-        self._response.close()
+        """Back to the pool if received to the end, else dropped (the upstream stops generating)."""
+        if self._response.content.is_eof():
+            self._response.release()  # aiohttp still drops a connection that must not be reused
+        else:
+            self._response.close()
 
     @property
     def status(self) -> int:
@@ -131,7 +150,7 @@ class UpstreamResponse:
 
     @property
     def content_type(self) -> str:
-        return self._response.content_type
+        return _content_type(self._response)
 
     @stage
     async def iter_bytes(self, on_silence: Callable[[], Awaitable[None]] | None = None,
@@ -145,40 +164,44 @@ class UpstreamResponse:
 
         ``on_silence`` is awaited after each ``silence_s`` without upstream bytes
         (the handler writes a keep-alive comment). It runs in the consumer's own
-        task while the chain waits here, so it never races another write; the
-        pool's ticker tells the read, no timer per read.
+        task while the read stays pending in a task of its own, which
+        ``asyncio.wait`` watches without cancelling it: no byte is lost.
         """
-        response = self._response
-        wait_s = silence_s if on_silence is not None else None
+        content = self._response.content
         try:
             while True:
-                chunk = response.read_nowait()  # what is already buffered, without waiting
+                chunk = content.read_nowait()  # what is already buffered, without waiting
                 if chunk:
                     yield chunk
                     continue
-                if response.complete:
+                if content.at_eof():
                     return
                 if before_wait is not None:
                     await before_wait()
-                if await response.wait(wait_s) and on_silence is not None:
-                    await on_silence()
-        except Http1Error as exc:
+                if on_silence is None:
+                    chunk = await content.readany()
+                else:
+                    chunk = await _read_waking(content, on_silence, silence_s)
+                if not chunk:
+                    return
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._mapped(exc) from exc
 
     async def read_json(self, max_bytes: int) -> Any:
         """Read the whole body (at most ``max_bytes``) and decode it as JSON."""
-        response = self._response
+        content = self._response.content
         chunks: list[bytes] = []
         size = 0
         try:
-            # Usually the whole body came with the head: taken as it lies, no generator.
-            while chunk := response.read_nowait() if response.complete else await response.read():
+            # Usually the whole body came with the head: taken as it lies, without waiting.
+            while chunk := content.read_nowait() or (b"" if content.at_eof() else await content.readany()):
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > max_bytes:
                     raise StreamLimitExceeded(f"The upstream answer is larger than {max_bytes} bytes "
                                               "(--max-line-bytes).")
-        except Http1Error as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._mapped(exc) from exc
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
@@ -186,28 +209,50 @@ class UpstreamResponse:
         except (ValueError, RecursionError) as exc:
             raise UpstreamProtocolError("The upstream answer is not valid JSON.") from exc
 
-    def _mapped(self, exc: Http1Error) -> RelayError:
+    def _mapped(self, exc: BaseException) -> RelayError:
         """A transport fault while reading the body, as the ``Upstream*`` error it means."""
-        if isinstance(exc, ReadTimeout):
+        if self._abort_error is not None:
+            return self._abort_error
+        if isinstance(exc, TimeoutError):  # aiohttp's sock_read: ServerTimeoutError is one
             return UpstreamTimeout(f"The upstream was silent for more than {self._timeout_s:g} s (--timeout).")
         return UpstreamInterrupted("The upstream connection broke in the middle of the answer.")
 
 
+async def _read_waking(content: aiohttp.StreamReader, on_silence: Callable[[], Awaitable[None]],
+                       silence_s: float) -> bytes:
+    """``content.readany()``, with ``on_silence`` awaited after each ``silence_s`` it is still pending."""
+    read = asyncio.ensure_future(content.readany())
+    try:
+        while True:
+            done, _ = await asyncio.wait((read,), timeout=silence_s)
+            if done:
+                return read.result()
+            await on_silence()
+    finally:
+        if not read.done():  # the consumer left (or on_silence failed): nobody will take these bytes
+            read.cancel()
+
+
 class UpstreamClient:
-    """Requests to one origin over a shared keep-alive pool."""
+    """Requests to one origin through the shared ``Egress``."""
 
     def __init__(self, origin: str, config: Config, metrics: Metrics | None = None, *,
-                 refusal: RefusalCheck) -> None:
+                 refusal: RefusalCheck, egress: Egress | None = None, follow_redirects: bool = False) -> None:
+        """``egress``: the sessions to send through, shared with other clients and closed by
+        its owner; without one the client makes and closes its own. ``follow_redirects``:
+        follow up to ``MAX_REDIRECTS`` (the auth host); else a 3xx is a refusal like any other."""
         self._origin = origin.rstrip("/")
         self._config = config
         self._metrics = metrics if metrics is not None else Metrics()
         self._refusal = refusal
+        self._owns_egress = egress is None
+        self._egress = egress if egress is not None else Egress.from_config(config)
+        self._follow_redirects = follow_redirects
         timeout_s = config.timeouts.upstream_s
-        self._pool = Http1Pool(self._origin, limit=config.limits.max_concurrency + POOL_HEADROOM,
-                               connect_timeout_s=timeout_s, read_timeout_s=timeout_s,
-                               keep_headers=HEADERS_READ)
-        #: the request head after the request line, before the call's own headers.
-        self._fixed_head = f"Host: {self._pool.host_header}\r\nAccept-Encoding: {ACCEPT_ENCODING}\r\n"
+        # connect: the pool wait and the connection (through the proxy, TLS included);
+        # sock_read: the wait for the head, then each silent gap in the body.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_connect=timeout_s,
+                                              sock_read=timeout_s)
         #: responses being read right now, so a drain can end them at its deadline.
         self._open: set[UpstreamResponse] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -218,12 +263,15 @@ class UpstreamClient:
         return self._origin
 
     async def close(self) -> None:
-        """Close the idle keep-alive connections (open responses belong to their handlers)."""
-        await self._pool.close()
+        """Close the client's own egress, if it made one (open responses belong to their handlers)."""
+        if self._owns_egress:
+            await self._egress.close()
 
-    async def send_json(self, method: str, path: str, headers: Headers, body: dict[str, Any] | None) -> Any:
+    async def send_json(self, method: str, path: str, headers: Headers, body: dict[str, Any] | None, *,
+                        proxy: str | None = None, on_cookies: CookieSink | None = None) -> Any:
         """Send a call and return its decoded JSON answer (chat creation, stop, delete)."""
-        async with self.open(method, path, headers=headers, json_body=body) as response:
+        async with self.open(method, path, headers=headers, json_body=body, proxy=proxy,
+                             on_cookies=on_cookies) as response:
             return await response.read_json(_SMALL_JSON_BYTES)
 
     def send_in_background(self, requests: Sequence[BackgroundRequest]) -> None:
@@ -245,7 +293,8 @@ class UpstreamClient:
                 for request in requests:
                     try:
                         async with asyncio.timeout(self._config.timeouts.upstream_s):
-                            await self.send_json(request.method, request.path, request.headers, request.body)
+                            await self.send_json(request.method, request.path, request.headers, request.body,
+                                                 proxy=request.proxy, on_cookies=request.on_cookies)
                         _log.info(request.event)
                     except (RelayError, TimeoutError) as exc:
                         _log.warning(request.event + "_failed", extra={"fields": {"error": type(exc).__name__}})
@@ -261,30 +310,40 @@ class UpstreamClient:
             response.abort(error)
         return len(responses)
 
-    def open(self, method: str, path: str, *, headers: Headers, json_body: dict[str, Any] | None = None) -> Exchange:
+    def open(self, method: str, path: str, *, headers: Headers, json_body: dict[str, Any] | None = None,
+             proxy: str | None = None, on_cookies: CookieSink | None = None) -> Exchange:
         """``async with client.open(...) as response``: send, retrying before the first byte.
 
-        The response is closed (not released to the pool) unless it was read to
-        the end: a half-read connection must never be reused, and closing it is
-        how a client disconnect stops the upstream from generating.
-        """
-        data = dumps(json_body) if json_body is not None else None
-        return Exchange(self, self._head(method, path, headers, data), data)
+        ``proxy`` is this call's own egress (an account's), over ``--proxy`` and the
+        environment. ``on_cookies`` gets the cookies every answer sets, refused
+        ones included, before the refusal is raised.
 
-    async def _send(self, head: bytes, data: bytes | None) -> UpstreamResponse:
+        The response is closed (not released to the pool) unless it was received
+        to the end: a half-read connection must never be reused, and closing it
+        is how a client disconnect stops the upstream from generating.
+        """
+        fields = "".join(chain.from_iterable(headers))  # one scan, in C, for every name and value
+        if "\n" in fields or "\r" in fields:
+            # Also checked at the edge (tokens, config): a header must never split here.
+            raise UpstreamProtocolError("An upstream request header holds a line break.")
+        data = dumps(json_body) if json_body is not None else None
+        return Exchange(self, _Call(method, path, headers, data, proxy, on_cookies))
+
+    async def _send(self, call: _Call) -> UpstreamResponse:
         timeouts = self._config.timeouts
         attempts = self._config.retries
+        try:
+            route = self._egress.route(self._origin, call.proxy)
+        except ValueError as exc:
+            raise UpstreamUnavailable(f"Cannot use the upstream proxy: {exc}") from exc
+        except EgressClosed as exc:
+            raise UpstreamUnavailable(str(exc)) from exc
+        url = URL(self._origin + call.path, encoded=True)  # sent as the dialect built it
         for attempt in range(1, attempts + 1):
             self._metrics.upstream_attempts += 1
             started = time.perf_counter()
             try:
-                try:
-                    # The pool's own deadlines bound the connect and the wait for the response head.
-                    response = await self._pool.request(head, data)
-                except (Http1Error, OSError) as exc:
-                    raise self._transport_error(exc) from exc
-                if not _plainly_successful(response):  # the common answer skips the checking coroutine
-                    await self._check_or_close(response)
+                response = await self._attempt(route, call, url)
             except _Retryable as failure:
                 reason = failure.error.instance_code or failure.error.code or "error"
                 if attempt >= attempts:
@@ -306,55 +365,95 @@ class UpstreamClient:
             return wrapped
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    async def _attempt(self, route: Route, call: _Call, url: URL) -> aiohttp.ClientResponse:
+        """One try: the response head, checked; a fault as ``_Retryable`` or an ``Upstream*`` error."""
+        try:
+            # aiohttp's own timers bound the connect and the wait for the response head.
+            # A fresh payload per attempt; its type yields to a Content-Type the call sent.
+            body = BytesPayload(call.data, content_type="application/json") if call.data is not None else None
+            response = await route.session.request(
+                call.method, url, headers=call.headers, data=body, timeout=self._timeout,
+                allow_redirects=self._follow_redirects, max_redirects=MAX_REDIRECTS)
+        except Exception as exc:
+            mapped = self._transport_error(exc, route)
+            if mapped is exc:
+                raise  # not a transport fault: a bug to see as it is
+            raise mapped from exc
+        try:
+            if call.on_cookies is not None:
+                _report_cookies(response, call.on_cookies)
+            if not _plainly_successful(response):  # the common answer skips the checking coroutine
+                await self._check(response)
+        except BaseException:
+            response.close()
+            raise
+        return response
+
     def _done(self, response: UpstreamResponse) -> None:
         self._open.discard(response)
         response.close()
 
-    def _head(self, method: str, path: str, headers: Headers, data: bytes | None) -> bytes:
-        """The request head: the client's two fixed headers, then the call's own."""
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
-        if "\n" in lines.replace("\r\n", "") or "\r" in lines.replace("\r\n", ""):
-            # Also checked at the edge (tokens, config): a header must never split here.
-            raise UpstreamProtocolError("An upstream request header holds a line break.")
-        body_headers = f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n" if data is not None else ""
-        return f"{method} {self._pool.base_path}{path} HTTP/1.1\r\n{self._fixed_head}{lines}{body_headers}\r\n".encode()
-
-    def _transport_error(self, exc: Http1Error | OSError) -> Exception:
+    def _transport_error(self, exc: Exception, route: Route) -> Exception:
         """What a failed send or head wait means: a timeout, not HTTP, or retryable."""
-        if isinstance(exc, TimeoutError):  # ConnectTimeout and ReadTimeout are TimeoutErrors
-            return UpstreamTimeout(f"The upstream did not answer within {self._config.timeouts.upstream_s:g} s "
+        via = f" through the proxy {route.proxy}" if route.proxy else ""
+        if _is_certificate_error(exc):
+            # Never retried: the same certificate fails the same way.
+            return UpstreamUnavailable(f"Cannot reach the upstream{via}: {_CA_FILE_HINT}.")
+        if isinstance(exc, ProxyTimeoutError):
+            return UpstreamTimeout(f"The proxy {route.proxy} did not connect to the upstream within "
+                                   f"{self._config.timeouts.upstream_s:g} s (--timeout).")
+        if isinstance(exc, TimeoutError):  # aiohttp's ConnectionTimeoutError and SocketTimeoutError too
+            return UpstreamTimeout(f"The upstream{via} did not answer within {self._config.timeouts.upstream_s:g} s "
                                    "(--timeout).")
-        if isinstance(exc, ProtocolViolation):  # e.g. a bad status line: not an HTTP server
+        if isinstance(exc, ProxyConnectionError | ProxyError | aiohttp.ClientHttpProxyError):
+            # python-socks' own text names the proxy by host:port, or says what it refused.
+            detail = str(exc) if isinstance(exc, ProxyError) else type(exc).__name__
+            return _Retryable(UpstreamUnavailable(
+                f"Cannot reach the upstream through the proxy {route.proxy}: {detail}."))
+        if isinstance(exc, aiohttp.TooManyRedirects):
+            return UpstreamProtocolError(f"The upstream redirected more than {MAX_REDIRECTS} times.")
+        if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+            name = type(exc.__cause__ if isinstance(exc.__cause__, OSError) else exc).__name__
+            return _Retryable(UpstreamUnavailable(f"Cannot reach the upstream{via}: {name}."))
+        if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
             return UpstreamProtocolError("The upstream did not answer in well-formed HTTP.")
-        name = type(exc.__cause__ if isinstance(exc, ConnectError) and exc.__cause__ else exc).__name__
-        return _Retryable(UpstreamUnavailable(f"Cannot reach the upstream: {name}."))
+        if isinstance(exc, aiohttp.ClientError | ValueError):
+            return UpstreamProtocolError(f"The upstream request failed: {type(exc).__name__}.")
+        return exc
 
-    async def _check_or_close(self, response: Http1Response) -> None:
-        try:
-            await self._check(response)
-        except BaseException:
-            response.close()
-            raise
-
-    async def _check(self, response: Http1Response) -> None:
+    async def _check(self, response: aiohttp.ClientResponse) -> None:
         """Raise what a non-plain answer means, as the dialect's ``refusal`` reads it.
 
         The body's start is read only for an answer that looks refused (not 2xx,
         HTML, or a 2xx whose ``x-actual-status-code`` says otherwise): a stream
         is never read ahead here.
         """
-        actual = response.headers.get("x-actual-status-code", "")
-        if (200 <= response.status < 300 and response.content_type != "text/html"
+        headers = response.headers
+        content_type = _content_type(response)
+        actual = headers.get("x-actual-status-code", "")
+        if (200 <= response.status < 300 and content_type != "text/html"
                 and not (actual.isdigit() and int(actual) >= 400)):
             return
         head = await _read_some(response)
-        refusal = self._refusal(response.status, response.headers, response.content_type, head)
+        refusal = self._refusal(response.status, headers, content_type, head)
         if refusal is None:
             raise UpstreamProtocolError(f"The upstream answered HTTP {response.status} with a body it could "
                                         "not be read as an answer.")
         if refusal.retryable:
             raise _Retryable(refusal.error, refusal.retry_after_s)
         raise refusal.error
+
+
+@dataclass(slots=True)
+class _Call:
+    """One request as ``open`` was given it; ``data`` is the encoded JSON body."""
+
+    method: str
+    path: str
+    headers: Headers
+    data: bytes | None
+    proxy: str | None
+    on_cookies: CookieSink | None
 
 
 class Exchange:
@@ -365,19 +464,18 @@ class Exchange:
     stream's whole life; this keeps nothing once the request is sent.
     """
 
-    __slots__ = ("_client", "_data", "_head", "_response")
+    __slots__ = ("_call", "_client", "_response")
 
-    def __init__(self, client: UpstreamClient, head: bytes, data: bytes | None) -> None:
+    def __init__(self, client: UpstreamClient, call: _Call) -> None:
         self._client = client
-        self._head = head
-        self._data = data
+        self._call: _Call | None = call
         self._response: UpstreamResponse | None = None
 
     async def __aenter__(self) -> UpstreamResponse:
-        try:
-            self._response = await self._client._send(self._head, self._data)
-        finally:
-            self._head = self._data = b""  # sent (or failed): a long prompt need not live on
+        call, self._call = self._call, None  # sent (or failed): a long prompt need not live on
+        if call is None:
+            raise RuntimeError("an Exchange is entered once")
+        self._response = await self._client._send(call)
         return self._response
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -386,21 +484,49 @@ class Exchange:
             self._client._done(self._response)
 
 
-def _plainly_successful(response: Http1Response) -> bool:
+def _content_type(response: aiohttp.ClientResponse) -> str:
+    """The media type, lower-cased, without parameters ("" when absent, not aiohttp's octet-stream)."""
+    return response.headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
+
+
+def _plainly_successful(response: aiohttp.ClientResponse) -> bool:
     """A 2xx that ``_check`` would accept without reading a byte: no qwen-v2 status override, not HTML."""
     return (200 <= response.status < 300 and "x-actual-status-code" not in response.headers
-            and response.content_type != "text/html")
+            and _content_type(response) != "text/html")
 
 
-async def _read_some(response: Http1Response) -> bytes:
+def _report_cookies(response: aiohttp.ClientResponse, on_cookies: CookieSink) -> None:
+    """Hand ``on_cookies`` the cookies this answer (and any redirect before it) set."""
+    cookies: dict[str, str] = {}
+    for answer in (*response.history, response):
+        if hdrs.SET_COOKIE in answer.headers:
+            cookies.update((name, morsel.value) for name, morsel in answer.cookies.items())
+    if cookies:
+        on_cookies(cookies)
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    """aiohttp's certificate error, or ``ssl``'s raw one (a TLS start through a proxy), anywhere in the chain."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> bytes:
     """The start of an error body (for its message), never waiting past the read timeout."""
+    content = response.content
     body = b""
     try:
         while len(body) < _ERROR_BODY_BYTES:
-            chunk = await response.read()
+            chunk = await content.read(_ERROR_BODY_BYTES - len(body))
             if not chunk:
                 break
             body += chunk
-    except (RelayError, Http1Error):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         pass
-    return body[:_ERROR_BODY_BYTES]
+    return body
