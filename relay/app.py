@@ -9,11 +9,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .accounts.refresh import Refresher
+from .accounts.store import AccountStore, default_state_dir
 from .busypoll import BusyPoll
 from .calls import Calls
-from .config import EMULATOR_UPSTREAM, Config
+from .config import DEFAULT_AUTH_ORIGIN, EMULATOR_UPSTREAM, Config
 from .deadline import Deadlines
 from .dialects import get_dialect
+from .dialects.v2_errors import refusal as v2_refusal
+from .dialects.web_headers import WebHeaders
 from .handlers import chat, health, models
 from .keys import (
     CALLS,
@@ -34,6 +38,7 @@ from .metrics import Metrics
 from .middleware import method_not_allowed, not_found, preflight, relay_route, response_headers
 from .models_cache import ModelsCache
 from .operator import Operator
+from .operator.logins import Logins
 from .state import open_state
 from .upstream import Egress, UpstreamClient
 
@@ -98,15 +103,26 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     client = UpstreamClient(origin, config, app[METRICS], refusal=dialect.refusal, egress=egress)
     app[UPSTREAM] = client
     calls = app[CALLS] = Calls(client, dialect, config)
-    state = app[OPERATOR].state
+    operator = app[OPERATOR]
+    state = operator.state
     app[MODELS] = ModelsCache(models.fetcher(calls), config.models_ttl_s, state=state)
-    app[POOL_MODELS] = ModelsCache(models.pool_fetcher(calls, app[OPERATOR], config.challenge_cooldown_s),
+    app[POOL_MODELS] = ModelsCache(models.pool_fetcher(calls, operator, config.challenge_cooldown_s),
                                    config.models_ttl_s, state=state)
+    # Accounts stay signed in: refreshed at the auth host (the emulator serves it too).
+    auth_origin = config.auth_origin or (origin if emulator is not None else DEFAULT_AUTH_ORIGIN)
+    auth_client = UpstreamClient(auth_origin, config, app[METRICS], refusal=v2_refusal, egress=egress,
+                                 follow_redirects=True)
+    store = AccountStore(state, config.state_dir or default_state_dir())
+    refresher = Refresher(auth_client, WebHeaders(origin, config).for_refresh, store, state)
+    logins = operator.logins = Logins(operator, refresher, store)
+    await logins.start()
     try:
         yield
     finally:
+        await logins.close()
         await app[MODELS].close()
         await app[POOL_MODELS].close()
+        await auth_client.close()
         await client.close()
         await egress.close()
         await state.close()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import LOG_LEVELS, Config, Limits, Timeouts, WebClient
+from .config import DEFAULT_AUTH_ORIGIN, LOG_LEVELS, Config, Limits, Timeouts, WebClient
 from .config_file import ConfigFile, ConfigFileError, load_config_file
 from .operator.config import OperatorConfig, hash_key, with_env
 
@@ -86,6 +86,11 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("--proxy", str, None,
              "egress proxy for upstream calls without their own: http://, https:// (CONNECT) or "
              "socks5:// / socks5h:// URL, user:password@ allowed; unset: HTTPS_PROXY/HTTP_PROXY/NO_PROXY"),
+    _Setting("--auth-origin", str, DEFAULT_AUTH_ORIGIN,
+             "where accounts refresh their access tokens (with --upstream emulator: the emulator)"),
+    _Setting("--state-dir", str, None,
+             "where rotated account jars are kept (0600 files); default $STATE_DIRECTORY (systemd) "
+             "or ~/.local/state/qwen-relay; with --state redis:// they live in Redis"),
     _Setting("--challenge-cooldown", float, _DEFAULTS.challenge_cooldown_s,
              "seconds a credential rests after Qwen Chat answered it with risk control"),
     _Setting("--max-upstream-body-bytes", int, _DEFAULTS.max_upstream_body_bytes,
@@ -229,6 +234,8 @@ def parse_config(argv: Sequence[str] | None = None,
             challenge_cooldown_s=v["challenge_cooldown"],
             max_upstream_body_bytes=v["max_upstream_body_bytes"],
             keep_chats=v["keep_chats"],
+            auth_origin=_auth_origin(args, environ, file.settings, v["auth_origin"]),
+            state_dir=v["state_dir"] or None,
             operator=operator,
             config_file=config_path or None,
             workers=v["workers"],
@@ -246,6 +253,13 @@ def parse_config(argv: Sequence[str] | None = None,
         )
     except ValueError as exc:
         parser.error(_name_env_source(str(exc), args, environ))
+
+
+def _auth_origin(args: argparse.Namespace, environ: Mapping[str, str], from_file: Mapping[str, Any],
+                 value: str) -> str | None:
+    """The auth origin when given anywhere; None (the default) lets ``--upstream emulator`` pick its own."""
+    given = (args.auth_origin is not None or ENV_PREFIX + "AUTH_ORIGIN" in environ or "auth_origin" in from_file)
+    return value.rstrip("/") if given else None
 
 
 def _name_env_source(message: str, args: argparse.Namespace, environ: Mapping[str, str]) -> str:

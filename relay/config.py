@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .operator.config import OperatorConfig
 
-__all__ = ["DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "PROXY_SCHEMES", "Config", "Limits", "Timeouts", "WebClient", "proxy_problem", "zone"]
+__all__ = ["DEFAULT_AUTH_ORIGIN", "DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "PROXY_SCHEMES", "Config", "Limits", "Timeouts", "WebClient", "proxy_problem", "zone"]
 
 #: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
 EMULATOR_UPSTREAM = "emulator"
@@ -25,6 +25,8 @@ LOOPS = ("auto", "asyncio", "uvloop")
 #: egress proxies the relay can use: HTTP CONNECT (``https``: TLS to the proxy) and SOCKS5
 #: (``socks5h``: the proxy resolves the name).
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+#: Qwen Chat's sign-in and refresh host since 2026-09-30 (docs/qwen-protocol.md §7.1).
+DEFAULT_AUTH_ORIGIN = "https://auth.qwen.ai"
 #: above ~128 KB of encoded JSON a completion gets risk control (§7.3 [C]); a margin below.
 DEFAULT_MAX_UPSTREAM_BODY_BYTES = 120_000
 
@@ -137,6 +139,11 @@ class Config:
     max_upstream_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES
     #: keep the chats the relay creates (qwen-v2) instead of deleting them after the answer.
     keep_chats: bool = False
+    #: where accounts refresh their access tokens (§7.1); None: https://auth.qwen.ai, or
+    #: the emulator itself with ``--upstream emulator``.
+    auth_origin: str | None = None
+    #: where rotated jars persist (0600 files); None: ``$STATE_DIRECTORY`` or ~/.local/state/qwen-relay.
+    state_dir: str | None = None
     #: ``("*",)`` allows every origin: the API authenticates by header, never cookie.
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "info"
@@ -182,6 +189,9 @@ class Config:
         _require(problem is None, f"--proxy: {problem}")
         _require(self.ca_file is None or os.path.isfile(self.ca_file),
                  f"[upstream] ca_file: no such file: {self.ca_file}")
+        _require(self.auth_origin is None or self.auth_origin.startswith(("http://", "https://")),
+                 "--auth-origin must be an http(s):// origin")
+        _require(self.state_dir is None or bool(self.state_dir.strip()), "--state-dir must be a path")
         _require(self.challenge_cooldown_s >= 0, "--challenge-cooldown must not be negative")
         _require(self.max_upstream_body_bytes >= 1024, "--max-upstream-body-bytes must be at least 1024")
         _require(self.timeouts.upstream_s > 0, "--timeout must be positive")

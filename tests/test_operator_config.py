@@ -98,7 +98,7 @@ def test_tokens_and_keys_never_appear_in_repr(tmp_path: Path) -> None:
     ('[operator.tokens]\nlist = ["has space"]\n', "token 1 is not printable ASCII"),
     ('[operator.tokens]\nlist = ["a"]\nfile = "/x"\n', "give list or file, not both"),
     ('[operator]\nmode = "pool"\n[operator.tokens]\nlist = ["a"]\n', "needs at least one [[operator.keys]]"),
-    (f'[operator]\nmode = "pool"\n[[operator.keys]]\nhash = "{KEY_HASH}"\n', "needs Qwen tokens"),
+    (f'[operator]\nmode = "pool"\n[[operator.keys]]\nhash = "{KEY_HASH}"\n', "needs Qwen accounts or tokens"),
 ])
 def test_malformed_operator_section_is_rejected_with_line_and_field(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:

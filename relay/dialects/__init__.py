@@ -19,6 +19,7 @@ from ..openai_wire import ChatRequest
 from ..pipeline.frames import Frame, StreamStats
 
 if TYPE_CHECKING:
+    from ..accounts.credential import Credential
     from ..config import Config
     from .v2_errors import Refusal
 
@@ -70,8 +71,8 @@ SendJson = Callable[[UpstreamCall], Awaitable[Any]]
 
 
 class HeaderSet(Protocol):
-    def for_call(self, call: UpstreamCall, token: str) -> list[tuple[str, str]]:
-        """Every request header of ``call`` made with ``token``."""
+    def for_call(self, call: UpstreamCall, credential: Credential) -> list[tuple[str, str]]:
+        """Every request header of ``call`` made with ``credential``."""
 
 
 class RefusalCheck(Protocol):

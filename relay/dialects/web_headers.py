@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
+from ..accounts.credential import Credential
 from ..config import Config, zone
 from . import UpstreamCall
 
@@ -32,6 +33,10 @@ __all__ = ["CALL_KINDS", "DEFAULT_USER_AGENT", "Headers", "LegacyHeaders", "WebH
 
 #: what an upstream call is for; decides its Referer and Accept.
 CALL_KINDS = ("models", "new_chat", "completion", "stop", "delete")
+#: the calls that write: they carry the login's bx-* bundle (§7.1).
+_WRITES = frozenset({"new_chat", "completion", "stop", "delete"})
+#: the web app's own origin: the auth host is asked on its behalf (§7.1).
+_WEB_APP_ORIGIN = "https://chat.qwen.ai"
 Headers = list[tuple[str, str]]
 
 _CHROME_MAJOR = 156
@@ -91,11 +96,11 @@ class WebHeaders:
         self._origin = origin
         self._zone = zone(web.timezone)
         self._bearer = web.bearer
-        # Cookies given as a header (programmatic configs) join the configured ones: the
-        # token cookie is the credential's own and is never replaced.
+        # Cookies given as a header (programmatic configs) join the configured ones; a
+        # credential's own jar wins over both, name by name, and its token is never replaced.
         given = [web.cookies, *(value for name, value in config.upstream_headers if name.lower() == "cookie")]
-        self._cookies = "; ".join(part.strip() for text in given for part in text.split(";")
-                                  if part.strip() and not part.strip().startswith("token="))
+        self._cookies = [(name.strip(), value.strip()) for text in given for part in text.split(";")
+                         for name, sep, value in [part.partition("=")] if sep and name.strip()]
         user_agent = web.user_agent or DEFAULT_USER_AGENT
         self._fixed: Headers = [
             ("User-Agent", user_agent), *client_hints(user_agent), ("Accept-Language", _ACCEPT_LANGUAGE),
@@ -107,8 +112,8 @@ class WebHeaders:
         self._second = -1
         self._timezone = ""
 
-    def for_call(self, call: UpstreamCall, token: str) -> Headers:
-        """Every header of ``call`` (its ``kind``: see ``CALL_KINDS``) made with ``token``."""
+    def for_call(self, call: UpstreamCall, credential: Credential) -> Headers:
+        """Every header of ``call`` (its ``kind``: see ``CALL_KINDS``) made with ``credential``."""
         kind, chat_id = call.kind, call.chat_id
         if kind == "new_chat":
             referer = f"{self._origin}/c/new-chat"
@@ -116,16 +121,37 @@ class WebHeaders:
             referer = f"{self._origin}/c/{chat_id}"
         else:
             referer = f"{self._origin}/"
-        cookie = f"token={token}; {self._cookies}" if self._cookies else f"token={token}"
         headers = [*self._fixed, ("Referer", referer), ("x-request-id", str(uuid.uuid4())),
-                   ("timezone", self._now()), ("Cookie", cookie)]
+                   ("timezone", self._now()), ("Cookie", self._cookie(credential))]
         if self._bearer:
-            headers.append(("Authorization", f"Bearer {token}"))
+            headers.append(("Authorization", f"Bearer {credential.token}"))
+        if kind in _WRITES:
+            headers += credential.bx
         if kind == "completion":
             headers += [("Accept", "application/json"), ("x-accel-buffering", "no")]
         else:
             headers.append(("Accept", "application/json, text/plain, */*"))
         return _override(headers, self._overrides)
+
+    def for_refresh(self, credential: Credential) -> Headers:
+        """The headers of ``GET {auth-origin}/api/v2/auths/refresh`` (§7.1 [S]): without
+        ``version``, ``source``, ``x-request-origin`` and ``sec-fetch-site: same-site`` the
+        auth host answers "Invalid request header"."""
+        fixed = [(name, value) for name, value in self._fixed
+                 if name not in ("Origin", "sec-fetch-site")]
+        headers = [*fixed, ("Origin", _WEB_APP_ORIGIN), ("Referer", _WEB_APP_ORIGIN + "/"),
+                   ("x-request-origin", _WEB_APP_ORIGIN), ("sec-fetch-site", "same-site"),
+                   ("x-request-id", str(uuid.uuid4())), ("timezone", self._now()),
+                   ("Cookie", self._cookie(credential)), ("Accept", "application/json, text/plain, */*"),
+                   *credential.bx]
+        return _override(headers, self._overrides)
+
+    def _cookie(self, credential: Credential) -> str:
+        """The credential's jar (``token`` first), then configured cookies it does not hold."""
+        jar = credential.jar.header()
+        extra = "; ".join(f"{name}={value}" for name, value in self._cookies
+                          if name != "token" and credential.jar.get(name) is None)
+        return f"{jar}; {extra}" if jar and extra else (jar or extra)
 
     def _now(self) -> str:
         second = int(time.time())
@@ -145,6 +171,6 @@ class LegacyHeaders:
             fixed.append(("Cookie", config.web.cookies))
         self._fixed = _override(fixed, config.upstream_headers)
 
-    def for_call(self, call: UpstreamCall, token: str) -> Headers:
+    def for_call(self, call: UpstreamCall, credential: Credential) -> Headers:
         accept = "text/event-stream" if call.stream else "application/json"
-        return [*self._fixed, ("Authorization", f"Bearer {token}"), ("Accept", accept)]
+        return [*self._fixed, ("Authorization", f"Bearer {credential.token}"), ("Accept", accept)]

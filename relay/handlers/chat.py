@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from ..accounts.credential import Credential
 from ..calls import Calls
 from ..config import Config
 from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
@@ -130,19 +131,20 @@ def _split_calls(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
     return "".join(piece for piece in pieces if isinstance(piece, str)), calls
 
 
-async def _gated(request: web.Request, caller: Caller, exchange: Callable[[str], Awaitable[T]]) -> T:
-    """Run ``exchange(token)`` holding a concurrency slot."""
+async def _gated(request: web.Request, caller: Caller, exchange: Callable[[Credential], Awaitable[T]]) -> T:
+    """Run ``exchange(credential)`` holding a concurrency slot."""
     app = request.app
     async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
         return await _with_token(app, caller, exchange)
 
 
-def _with_token(app: web.Application, caller: Caller, exchange: Callable[[str], Awaitable[T]]) -> Awaitable[T]:
-    """``exchange`` with the caller's token (passthrough), or with the pool's; risk control rests the token."""
+def _with_token(app: web.Application, caller: Caller,
+                exchange: Callable[[Credential], Awaitable[T]]) -> Awaitable[T]:
+    """``exchange`` with the caller's token (passthrough), or a pool credential; risk control rests it."""
     return with_upstream_token(app[OPERATOR], caller, exchange, app[CONFIG].challenge_cooldown_s)
 
 
-def _until_committed(app: web.Application, exchange: Callable[[str], Awaitable[T]]) -> Callable[[str], Awaitable[T]]:
+def _until_committed(app: web.Application, exchange: Callable[[Credential], Awaitable[T]]) -> Callable[[Credential], Awaitable[T]]:
     """``exchange`` tried again while no byte reached the client, for faults another try may fix.
 
     The transport retries up to the response head; this covers what breaks after
@@ -153,12 +155,12 @@ def _until_committed(app: web.Application, exchange: Callable[[str], Awaitable[T
     """
     config, metrics = app[CONFIG], app[METRICS]
 
-    async def attempts(token: str) -> T:
+    async def attempts(credential: Credential) -> T:
         new_chat_made = False
         interrupted = 0
         while True:  # at most --retries interruptions plus one new chat
             try:
-                return await exchange(token)
+                return await exchange(credential)
             except UpstreamChallenge:
                 metrics.challenges += 1
                 raise
@@ -181,23 +183,23 @@ def _until_committed(app: web.Application, exchange: Callable[[str], Awaitable[T
     return attempts
 
 
-def _clean_up(app: web.Application, calls: Calls, call: UpstreamCall, token: str,
+def _clean_up(app: web.Application, calls: Calls, call: UpstreamCall, credential: Credential,
               stop_response_id: str | None = None) -> None:
     """After the answer (or a disconnect): stop generation if asked, then delete the chat, in the background."""
     dialect = calls.dialect
     stop = dialect.stop_call(call, stop_response_id) if stop_response_id else None
     delete = None if app[CONFIG].keep_chats else dialect.delete_call(call)
-    calls.send_in_background(token, (stop, "upstream_stopped"), (delete, "upstream_chat_deleted"))
+    calls.send_in_background(credential, (stop, "upstream_stopped"), (delete, "upstream_chat_deleted"))
 
 
 async def _exchange_completion(request: web.Request, info: RequestInfo, chat: ChatRequest,
-                               options: ChatOptions, token: str) -> Completion:
+                               options: ChatOptions, credential: Credential) -> Completion:
     app = request.app
     calls = app[CALLS]
-    call = await calls.dialect.prepare(chat, options, calls.sender(token))
+    call = await calls.dialect.prepare(chat, options, calls.sender(credential))
     challenged = False
     try:
-        async with calls.open(call, token) as upstream:
+        async with calls.open(call, credential) as upstream:
             info.upstream_attempts = upstream.attempts
             return await _read_completion(request, upstream, calls.dialect)
     except UpstreamChallenge:
@@ -205,7 +207,7 @@ async def _exchange_completion(request: web.Request, info: RequestInfo, chat: Ch
         raise
     finally:
         if not challenged:  # a challenged credential rests: not even a delete goes out on it
-            _clean_up(app, calls, call, token)
+            _clean_up(app, calls, call, credential)
 
 
 async def _completion_response(request: web.Request, info: RequestInfo, chat: ChatRequest,
@@ -248,7 +250,7 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
 
 
 async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, options: ChatOptions,
-                  token: str) -> web.StreamResponse:
+                  credential: Credential) -> web.StreamResponse:
     """Send the request and relay the stream; on the way out, record metrics and stop an abandoned upstream.
 
     Pool mode may run this again on another token after a 401/403/429: safe,
@@ -260,11 +262,11 @@ async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, optio
     calls, config = app[CALLS], app[CONFIG]
     dialect = calls.dialect
     chat = plan.request
-    call = await dialect.prepare(chat, options, calls.sender(token))
+    call = await dialect.prepare(chat, options, calls.sender(credential))
     stats = StreamStats()
     challenged = False
     try:
-        async with calls.open(call, token) as upstream:
+        async with calls.open(call, credential) as upstream:
             call = replace(call, body={})  # sent: the prompt need not live as long as the stream
             info.upstream_attempts = upstream.attempts
             started = time.perf_counter()
@@ -332,7 +334,7 @@ async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, optio
     finally:  # also when the call was refused at its head: the chat exists
         app[METRICS].client_disconnects += info.client_gone
         if not challenged:  # a challenged credential rests: not even a delete goes out on it
-            _clean_up(app, calls, call, token, stats.response_id if info.client_gone else None)
+            _clean_up(app, calls, call, credential, stats.response_id if info.client_gone else None)
 
 
 def _count_stream_stats(metrics: Metrics, stats: StreamStats) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
+from ..accounts.credential import Credential
 from ..calls import Calls
 from ..dialects import ChatOptions
 from ..dialects.options import resolve_options
@@ -48,24 +50,26 @@ def _cache_of(app: web.Application, caller: Caller) -> tuple[ModelsCache, str]:
     return app[POOL_MODELS], POOL_CACHE_KEY
 
 
-def fetcher(calls: Calls) -> Fetch:
-    """The upstream call behind the cache."""
+async def _models_of(calls: Calls, credential: Credential) -> list[dict[str, Any]]:
+    """The model list the upstream offers ``credential``."""
     dialect = calls.dialect
+    async with calls.open(dialect.models_call(), credential) as response:
+        payload = await response.read_json(MODELS_MAX_BYTES)
+    return dialect.models(payload)
 
+
+def fetcher(calls: Calls) -> Fetch:
+    """The upstream call behind the cache (keyed by the caller's own token)."""
     async def fetch(token: str) -> list[dict[str, Any]]:
-        async with calls.open(dialect.models_call(), token) as response:
-            payload = await response.read_json(MODELS_MAX_BYTES)
-        return dialect.models(payload)
+        return await _models_of(calls, Credential.bare(token))
 
     return fetch
 
 
 def pool_fetcher(calls: Calls, operator: Operator, challenge_cooldown_s: float) -> Fetch:
-    """The upstream call behind the pool's cache: any usable pool token will do."""
-    fetch = fetcher(calls)
-
+    """The upstream call behind the pool's cache: any usable pool credential will do."""
     async def fetch_with_pool(_key: str) -> list[dict[str, Any]]:
-        return await with_upstream_token(operator, Caller(), fetch, challenge_cooldown_s)
+        return await with_upstream_token(operator, Caller(), partial(_models_of, calls), challenge_cooldown_s)
 
     return fetch_with_pool
 

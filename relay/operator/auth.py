@@ -24,9 +24,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ..accounts.credential import Credential
 from ..errors import AuthenticationFailed, UpstreamChallenge, UpstreamRateLimited
 from ..state import StateBackend
 from .keys import RelayKey
+from .pool import PooledToken
 from .runtime import Operator
 
 __all__ = ["Caller", "identify", "with_upstream_token"]
@@ -95,29 +97,30 @@ def identify(operator: Operator, presented: str) -> Caller:
     raise AuthenticationFailed("Invalid API key: this relay accepts only its own API keys.")
 
 
-async def with_upstream_token(operator: Operator, caller: Caller, exchange: Callable[[str], Awaitable[T]],
-                              challenge_cooldown_s: float) -> T:
-    """Run ``exchange(token)`` with the caller's token, or with pool tokens until one works.
+async def with_upstream_token(operator: Operator, caller: Caller,
+                              exchange: Callable[[Credential], Awaitable[T]], challenge_cooldown_s: float) -> T:
+    """Run ``exchange(credential)`` with the caller's token, or with pool credentials until one works.
 
-    Each pool token is tried at most once per request; the lease is held for
-    the whole exchange, so in-flight counts include streams until their end.
+    Each pool credential is tried at most once per request (plus once more after
+    a refresh); the lease is held for the whole exchange, so in-flight counts
+    include streams until their end.
     """
     if caller.token is not None:
         resting = operator.resting
         resting.check(caller.token)
         try:
-            return await exchange(caller.token)
+            return await exchange(Credential.bare(caller.token))
         except UpstreamChallenge:
             resting.rest(caller.token, challenge_cooldown_s)
             raise
     pool, state = operator.pool, operator.state
-    # What other relays sharing the state found out about these tokens (memory: nothing).
+    # What other relays sharing the state found out about these credentials (memory: nothing).
     pool.merge(await state.token_flags([entry.fingerprint for entry in pool.tokens]))
     last_challenge: UpstreamChallenge | None = None
-    for _ in range(max(1, len(pool.tokens))):  # never more attempts than tokens: no loop
+    for _ in range(max(1, len(pool.tokens))):  # never more attempts than credentials: no loop
         with pool.acquire() as entry:  # raises PoolExhausted (503) when none is usable
             try:
-                return await exchange(entry.token)
+                return await _with_refresh(operator, entry, exchange)
             except AuthenticationFailed as exc:
                 reason = exc.instance_code or "upstream_auth_failed"
                 pool.disable(entry, reason)
@@ -133,3 +136,18 @@ async def with_upstream_token(operator: Operator, caller: Caller, exchange: Call
     if last_challenge is not None and not pool.any_active():
         raise last_challenge
     raise pool.exhausted()
+
+
+async def _with_refresh(operator: Operator, entry: PooledToken,
+                        exchange: Callable[[Credential], Awaitable[T]]) -> T:
+    """``exchange`` on ``entry``; an account answered ``Unauthorized`` is refreshed and tried once more.
+
+    Safe: an error leaves ``exchange`` only before any byte reached the client.
+    """
+    try:
+        return await exchange(entry.credential)
+    except AuthenticationFailed:
+        logins = operator.logins
+        if logins is None or not await logins.refresh(entry, "unauthorized"):
+            raise
+    return await exchange(entry.credential)

@@ -16,6 +16,16 @@ line and the field, through the ``fail`` callable of ``config_file``.
 
     [operator.tokens]
     file = "/etc/qwen-relay/tokens"   # one per line, mode 0600; or list = ["…"]
+
+    [[operator.accounts]]             # a login that stays signed in (see relay/accounts)
+    name = "main"
+    cookies = "token=eyJ…; refresh_token=…; acw_tc=…"
+    bx_ua = "…"                       # optional, sent on writes; also bx_umidtoken, bx_v
+    proxy = "socks5://127.0.0.1:1080" # optional egress of this account
+
+``accounts_file = "/etc/qwen-relay/accounts.toml"`` in ``[operator]`` reads the
+``[[operator.accounts]]`` tables from a file of their own (mode 0600, like the
+tokens file), which ``qwen-relay login`` writes.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODES", "KeySpec", "OperatorConfig", "Reload", "Secret", "hash_key", "parse_operator", "with_env"]
+__all__ = ["MODES", "AccountSpec", "KeySpec", "OperatorConfig", "Reload", "Secret", "check_private_file",
+           "hash_key", "parse_accounts", "parse_operator", "with_env"]
 
 MODES = ("passthrough", "pool", "both")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -81,17 +92,35 @@ class KeySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSpec:
+    """One ``[[operator.accounts]]`` entry: a browser login the relay keeps signed in."""
+
+    name: str
+    #: the browser's Cookie header for chat.qwen.ai: ``token=…; refresh_token=…; acw_tc=…``.
+    cookies: Secret = field(repr=False)
+    #: the browser bundle of that login, sent on writes (docs/qwen-protocol.md §7.1).
+    bx_ua: Secret | None = field(default=None, repr=False)
+    bx_umidtoken: Secret | None = field(default=None, repr=False)
+    bx_v: str | None = None
+    #: this account's egress (http://, https:// or socks5://; may hold user:pass).
+    proxy: Secret | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorConfig:
     mode: str = "passthrough"
     keys: tuple[KeySpec, ...] = ()
     tokens: tuple[Secret, ...] = field(default=(), repr=False)
+    accounts: tuple[AccountSpec, ...] = ()
+    #: ``[operator] accounts_file``: where the accounts come from, and ``login`` writes.
+    accounts_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"operator mode must be one of {', '.join(MODES)}")
-        if self.mode != "passthrough" and not self.tokens:
-            raise ValueError(f"operator mode {self.mode!r} needs Qwen tokens "
-                             "([operator.tokens] list/file or QWEN_RELAY_TOKENS)")
+        if self.mode != "passthrough" and not self.tokens and not self.accounts:
+            raise ValueError(f"operator mode {self.mode!r} needs Qwen accounts or tokens "
+                             "([[operator.accounts]], [operator.tokens] list/file or QWEN_RELAY_TOKENS)")
         if self.mode == "pool" and not self.keys:
             raise ValueError("operator mode 'pool' needs at least one [[operator.keys]] entry")
 
@@ -107,9 +136,10 @@ def parse_operator(data: Any, fail: Fail, line_in_key: Callable[[int, str], str]
     """
     if not isinstance(data, dict):
         raise fail("operator", "must be a table")
-    unknown = set(data) - {"mode", "keys", "tokens"}
+    unknown = set(data) - {"mode", "keys", "tokens", "accounts", "accounts_file"}
     if unknown:
-        raise fail(f"operator.{min(unknown)}", "unknown setting (expected mode, keys or tokens)")
+        raise fail(f"operator.{min(unknown)}",
+                   "unknown setting (expected mode, keys, tokens, accounts or accounts_file)")
     mode = data.get("mode", "passthrough")
     if mode not in MODES:
         raise fail("operator.mode", f"must be one of {', '.join(MODES)}")
@@ -126,8 +156,18 @@ def parse_operator(data: Any, fail: Fail, line_in_key: Callable[[int, str], str]
         if digest in digests[:index]:
             raise _key_error(fail, line_in_key, index, "hash", "the same key is configured twice")
     tokens = _tokens(data.get("tokens", {}), fail)
+    accounts = parse_accounts(data.get("accounts", []), fail)
+    accounts_file = data.get("accounts_file")
+    if accounts_file is not None:
+        if not isinstance(accounts_file, str) or not accounts_file:
+            raise fail("operator.accounts_file", "must be a path")
+        accounts += _accounts_from_file(accounts_file, fail)
+    names = [account.name for account in accounts]
+    duplicate = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    if duplicate is not None:
+        raise fail("operator.accounts", f"duplicate account name {duplicate!r}")
     try:
-        return OperatorConfig(mode=mode, keys=keys, tokens=tokens)
+        return OperatorConfig(mode=mode, keys=keys, tokens=tokens, accounts=accounts, accounts_file=accounts_file)
     except ValueError as exc:
         raise fail("operator.mode", str(exc)) from exc
 
@@ -147,7 +187,8 @@ def with_env(config: OperatorConfig, environ: Mapping[str, str], prefix: str) ->
         tokens = tuple(Secret(part) for part in parts)
     if mode not in MODES:
         raise ValueError(f"{prefix}MODE must be one of {', '.join(MODES)}")
-    return OperatorConfig(mode=mode, keys=config.keys, tokens=tokens)
+    return OperatorConfig(mode=mode, keys=config.keys, tokens=tokens, accounts=config.accounts,
+                          accounts_file=config.accounts_file)
 
 
 def _key_error(fail: Fail, line_in_key: Callable[[int, str], str], index: int, name: str,
@@ -216,11 +257,11 @@ def _tokens(data: Any, fail: Fail) -> tuple[Secret, ...]:
     return tuple(Secret(token) for token in values)
 
 
-def read_tokens_file(path: str) -> list[str]:
-    """One token per line ('#' comments and blank lines skipped); owner-only access.
+def check_private_file(path: str) -> None:
+    """Refuse a secrets file that group or others may access.
 
-    A token file readable by others leaks every account it holds, so the relay
-    refuses it (as ssh refuses a private key with loose permissions).
+    A token or accounts file readable by others leaks every account it holds, so
+    the relay refuses it (as ssh refuses a private key with loose permissions).
     """
     try:
         info = os.stat(path)
@@ -230,9 +271,71 @@ def read_tokens_file(path: str) -> list[str]:
         mode = stat.S_IMODE(info.st_mode)
         raise ValueError(f"{path} has mode {mode:04o}; it holds secrets and must not be accessible by "
                          f"group or others (chmod 600 {path})")
+
+
+def read_tokens_file(path: str) -> list[str]:
+    """One token per line ('#' comments and blank lines skipped); owner-only access."""
+    check_private_file(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read as UTF-8 text") from exc
     lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
+
+
+_ACCOUNT_FIELDS = ("name", "cookies", "bx_ua", "bx_umidtoken", "bx_v", "proxy")
+_PROXY_SCHEMES = ("http://", "https://", "socks5://", "socks5h://")
+
+
+def parse_accounts(raw: Any, fail: Fail, where: str = "operator.accounts") -> tuple[AccountSpec, ...]:
+    """The ``[[operator.accounts]]`` tables; secrets are never quoted in an error."""
+    if not isinstance(raw, list):
+        raise fail(where, "must be an array of tables ([[operator.accounts]])")
+    accounts = []
+    for index, item in enumerate(raw):
+        here = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            raise fail(here, "must be a table")
+        unknown = set(item) - set(_ACCOUNT_FIELDS)
+        if unknown:
+            raise fail(f"{here}.{min(unknown)}", f"unknown field (expected {', '.join(_ACCOUNT_FIELDS)})")
+        name = item.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise fail(f"{here}.name", "must be 1-64 characters of letters, digits, '_', '.' or '-'")
+        values: dict[str, str] = {}
+        for key in _ACCOUNT_FIELDS[1:]:
+            value = item.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value or not all(" " <= ch <= "~" for ch in value):
+                raise fail(f"{here}.{key}", "must be a non-empty one-line ASCII string")
+            values[key] = value
+        cookies = values.get("cookies", "")
+        if not any(part.strip().startswith(("token=", "refresh_token=")) for part in cookies.split(";")):
+            raise fail(f"{here}.cookies", "must be the browser's Cookie header, with token= and/or "
+                                          "refresh_token= in it")
+        proxy = values.get("proxy")
+        if proxy is not None and not proxy.startswith(_PROXY_SCHEMES):
+            raise fail(f"{here}.proxy", "must start with http://, https:// or socks5://")
+        accounts.append(AccountSpec(
+            name=name, cookies=Secret(cookies),
+            bx_ua=Secret(values["bx_ua"]) if "bx_ua" in values else None,
+            bx_umidtoken=Secret(values["bx_umidtoken"]) if "bx_umidtoken" in values else None,
+            bx_v=values.get("bx_v"), proxy=Secret(proxy) if proxy else None))
+    return tuple(accounts)
+
+
+def _accounts_from_file(path: str, fail: Fail) -> tuple[AccountSpec, ...]:
+    """The ``[[operator.accounts]]`` tables of an accounts file (mode 0600)."""
+    import tomllib
+
+    try:
+        check_private_file(path)
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError, UnicodeDecodeError) as exc:  # TOMLDecodeError is a ValueError
+        raise fail("operator.accounts_file", str(exc)) from exc
+    operator = data.get("operator", {})
+    if set(data) - {"operator"} or not isinstance(operator, dict) or set(operator) - {"accounts"}:
+        raise fail("operator.accounts_file", f"{path} may hold only [[operator.accounts]] tables")
+    return parse_accounts(operator.get("accounts", []), fail, where=f"{path}: operator.accounts")

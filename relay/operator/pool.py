@@ -14,7 +14,6 @@ or cannot be read, as it always did in memory.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -22,9 +21,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ..accounts.credential import BX_HEADERS, CookieJar, Credential, fingerprint
 from ..errors import PoolExhausted, UpstreamChallenge
 from ..state import TokenFlags
-from .config import Secret
+from .config import AccountSpec, Secret
 
 __all__ = ["DEFAULT_COOL_DOWN_S", "PooledToken", "RestingTokens", "TokenPool", "fingerprint"]
 
@@ -34,26 +34,37 @@ _log = logging.getLogger("relay.upstream")
 DEFAULT_COOL_DOWN_S = 60.0
 
 
-def fingerprint(token: str) -> str:
-    """8 hex digits of the token's SHA-256: enough to tell tokens apart, useless to an attacker."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
+#: what identifies a pool entry across a reload: a bare token, or an account's name and pasted jar.
+_EntryKey = tuple[str, ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PooledToken:
-    secret: Secret = field(repr=False)
+    """One credential of the pool (an ``[operator.tokens]`` token or an account), with its state."""
+
+    credential: Credential
+    #: the shared-state key: a token's fingerprint, or ``a:<name>`` for an account.
     fingerprint: str
     in_flight: int = 0
     requests: int = 0
     cooling_until: float = 0.0
     #: why it was taken out of rotation ("upstream_401"), or None while usable.
     disabled: str | None = None
-    #: risk-control answers this token met (§7.5).
+    #: risk-control answers this credential met (§7.5).
     challenges: int = 0
+    #: refresh attempts by result ("ok", "rejected", "challenged", "error").
+    refreshes: dict[str, int] = field(default_factory=dict)
+    #: wall-clock time of the last successful refresh.
+    last_refresh: float | None = None
+    key: _EntryKey = field(default=(), repr=False)
 
     @property
     def token(self) -> str:
-        return self.secret.reveal()
+        return self.credential.token
+
+    @property
+    def name(self) -> str:
+        return self.credential.label
 
     def state(self, now: float) -> str:
         if self.disabled is not None:
@@ -62,26 +73,39 @@ class PooledToken:
 
 
 class TokenPool:
-    def __init__(self, tokens: tuple[Secret, ...] = (), clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, tokens: tuple[Secret, ...] = (), clock: Callable[[], float] = time.monotonic,
+                 accounts: tuple[AccountSpec, ...] = ()) -> None:
         self._clock = clock
         self._tokens: list[PooledToken] = []
         self._next = 0
-        self.update(tokens)
+        self.update(tokens, accounts)
 
     @property
     def tokens(self) -> tuple[PooledToken, ...]:
         return tuple(self._tokens)
 
-    def update(self, tokens: tuple[Secret, ...]) -> None:
-        """Take a reloaded token list; kept tokens keep their state, leases stay valid.
+    def update(self, tokens: tuple[Secret, ...], accounts: tuple[AccountSpec, ...] = ()) -> None:
+        """Take a reloaded list; kept entries keep their state (and rotated jars), leases stay valid.
 
-        A disabled token that is still listed stays disabled: the operator
-        replaces it with a fresh one, which gets a new fingerprint.
+        Accounts come first, then bare tokens. A disabled entry that is still
+        listed stays disabled: the operator replaces it with a fresh one (a new
+        token, or new cookies for the account), which is a new entry.
         """
-        kept = {entry.secret: entry for entry in self._tokens}
-        self._tokens = [kept.get(secret) or PooledToken(secret, fingerprint(secret.reveal()))
-                        for secret in tokens]
+        kept = {entry.key: entry for entry in self._tokens}
+        entries: list[PooledToken] = []
+        for spec in accounts:
+            key: _EntryKey = ("account", spec.name, spec.cookies.reveal())
+            entries.append(kept.get(key) or PooledToken(_account_credential(spec), "a:" + spec.name, key=key))
+        for secret in tokens:
+            key = ("token", secret.reveal())
+            entries.append(kept.get(key) or PooledToken(Credential.bare(secret.reveal()),
+                                                        fingerprint(secret.reveal()), key=key))
+        self._tokens = entries
         self._next = 0
+
+    def accounts(self) -> list[PooledToken]:
+        """The entries that are logins (refreshable), not bare tokens."""
+        return [entry for entry in self._tokens if entry.credential.is_account]
 
     @contextmanager
     def acquire(self) -> Iterator[PooledToken]:
@@ -152,6 +176,14 @@ class TokenPool:
                                  retry_after_s=max(1, math.ceil(min(cooling))))
         return PoolExhausted("No upstream Qwen token of this relay is usable (all were rejected by Qwen "
                              "Chat or none is configured); the operator must add fresh tokens.")
+
+
+def _account_credential(spec: AccountSpec) -> Credential:
+    bundle = {"bx_ua": spec.bx_ua.reveal() if spec.bx_ua else None,
+              "bx_umidtoken": spec.bx_umidtoken.reveal() if spec.bx_umidtoken else None, "bx_v": spec.bx_v}
+    bx = tuple((header, value) for field_name, header in BX_HEADERS if (value := bundle[field_name]))
+    return Credential(spec.name, CookieJar.parse(spec.cookies.reveal()), bx=bx,
+                      proxy=spec.proxy.reveal() if spec.proxy else None, is_account=True)
 
 
 class RestingTokens:

@@ -76,6 +76,23 @@ class StateBackend(Protocol):
 
     async def store_models(self, key: str, payload: bytes, ttl_s: float) -> None: ...
 
+    #: True when accounts' jars live here (Redis), so every relay sharing it resumes them.
+    keeps_accounts: bool
+
+    async def load_account(self, name: str) -> bytes | None:
+        """An account's persisted jar (JSON), or None."""
+
+    async def store_account(self, name: str, payload: bytes) -> None: ...
+
+    async def acquire_lock(self, name: str, ttl_s: float) -> str | None:
+        """Take the fleet-wide lock ``name`` for at most ``ttl_s``; its token, or None if another holds it.
+
+        Fails open (a token) when the backend is down: each relay still refreshes
+        only once at a time on its own.
+        """
+
+    async def release_lock(self, name: str, token: str) -> None: ...
+
     def status(self) -> str:
         """"ok", or "down" while the backend cannot be reached (requests fail open)."""
 
@@ -163,6 +180,20 @@ class MemoryState:
         return None
 
     async def store_models(self, key: str, payload: bytes, ttl_s: float) -> None:
+        return None
+
+    keeps_accounts = False
+
+    async def load_account(self, name: str) -> bytes | None:
+        return None  # jars go to --state-dir files instead
+
+    async def store_account(self, name: str, payload: bytes) -> None:
+        return None
+
+    async def acquire_lock(self, name: str, ttl_s: float) -> str | None:
+        return "local"  # one process: its own asyncio lock is the single flight
+
+    async def release_lock(self, name: str, token: str) -> None:
         return None
 
     def status(self) -> str:

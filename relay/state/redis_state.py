@@ -99,6 +99,11 @@ def _key(name: str, kind: str) -> str:
     return f"{PREFIX}{{key:{name}}}:{kind}"
 
 
+#: delete the lock only if it is still ours (it may have expired and been taken since).
+_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_FAILED = object()
+
+
 class RedisState:
     name = "redis"
 
@@ -110,6 +115,7 @@ class RedisState:
         self._lease_ms = max(1, int(lease_s * 1000))
         self._admit = self._client.register_script(_ADMIT)
         self._renew = self._client.register_script(_RENEW)
+        self._unlock = self._client.register_script(_UNLOCK)
         self._leases: dict[Lease, None] = {}
         self._keeper: asyncio.Task[None] | None = None
         self._closed = False
@@ -214,6 +220,29 @@ class RedisState:
         if leases and self._up:  # best effort: unreleased leases expire anyway
             await self._call("release", lambda: self._release_all(leases), None)
         await self._client.aclose()
+
+    # -- accounts (issue 17) ----------------------------------------------------------
+
+    keeps_accounts = True
+
+    async def load_account(self, name: str) -> bytes | None:
+        value = await self._call("load_account", lambda: self._client.get(f"{PREFIX}account:{name}"), None)
+        return value if isinstance(value, bytes) else None
+
+    async def store_account(self, name: str, payload: bytes) -> None:
+        # No TTL: a refresh token lives 30 days and rotates; the record is the login.
+        await self._call("store_account", lambda: self._client.set(f"{PREFIX}account:{name}", payload), None)
+
+    async def acquire_lock(self, name: str, ttl_s: float) -> str | None:
+        token = os.urandom(8).hex()
+        taken = await self._call("lock", lambda: self._client.set(
+            f"{PREFIX}lock:{name}", token, nx=True, px=max(1, int(ttl_s * 1000))), _FAILED)
+        if taken is _FAILED:
+            return token  # fail open: this relay's own lock still makes it one at a time here
+        return token if taken else None
+
+    async def release_lock(self, name: str, token: str) -> None:
+        await self._call("unlock", lambda: self._unlock(keys=[f"{PREFIX}lock:{name}"], args=[token]), None)
 
     # -- plumbing --------------------------------------------------------------------
 

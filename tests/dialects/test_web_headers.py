@@ -9,12 +9,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from relay.accounts.credential import Credential
 from relay.config import Config, WebClient
 from relay.dialects import UpstreamCall
 from relay.dialects.web_headers import DEFAULT_USER_AGENT, LegacyHeaders, WebHeaders, client_hints, js_date
 
 ORIGIN = "https://chat.qwen.ai"
 TOKEN = "eyJ.header.sig"
+CREDENTIAL = Credential.bare(TOKEN)
 JS_DATE = re.compile(r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
                      r"\d{2} \d{4} \d{2}:\d{2}:\d{2} GMT[+-]\d{4}$")
 
@@ -24,7 +26,7 @@ def call(kind: str, chat_id: str | None = "c1") -> UpstreamCall:
 
 
 def headers_of(kind: str, config: Config | None = None, chat_id: str | None = "c1") -> dict[str, str]:
-    built = WebHeaders(ORIGIN, config or Config()).for_call(call(kind, chat_id), TOKEN)
+    built = WebHeaders(ORIGIN, config or Config()).for_call(call(kind, chat_id), CREDENTIAL)
     names = [name.lower() for name, _ in built]
     assert len(names) == len(set(names)), f"a header appears twice: {names}"
     return {name.lower(): value for name, value in built}
@@ -62,7 +64,7 @@ def test_referer_and_accept_per_call() -> None:
 
 def test_each_call_gets_a_fresh_request_id() -> None:
     builder = WebHeaders(ORIGIN, Config())
-    ids = {dict(builder.for_call(call("completion"), TOKEN))["x-request-id"] for _ in range(50)}
+    ids = {dict(builder.for_call(call("completion"), CREDENTIAL))["x-request-id"] for _ in range(50)}
     assert len(ids) == 50
 
 
@@ -103,6 +105,26 @@ def test_unknown_time_zone_is_refused_at_start() -> None:
 
 
 def test_legacy_dialects_keep_their_historic_headers() -> None:
-    headers = dict(LegacyHeaders(ORIGIN, Config()).for_call(call("completion"), TOKEN))
+    headers = dict(LegacyHeaders(ORIGIN, Config()).for_call(call("completion"), CREDENTIAL))
     assert headers["Authorization"] == f"Bearer {TOKEN}" and headers["Accept"] == "text/event-stream"
     assert "x-request-id" not in headers and "Cookie" not in headers
+
+
+def test_an_accounts_jar_and_bx_bundle_ride_on_writes_only() -> None:
+    from relay.accounts.credential import CookieJar
+
+    account = Credential("main", CookieJar.parse("token=t1; refresh_token=r1; acw_tc=9"),
+                         bx=(("bx-ua", "UA"), ("bx-umidtoken", "UM"), ("bx-v", "2.5.36")), is_account=True)
+    config = Config(web=WebClient(cookies="acw_tc=configured; ssxmod_itna=s"))
+    write = {k.lower(): v for k, v in WebHeaders(ORIGIN, config).for_call(call("completion"), account)}
+    assert write["cookie"] == "token=t1; refresh_token=r1; acw_tc=9; ssxmod_itna=s"  # the jar wins by name
+    assert (write["bx-ua"], write["bx-umidtoken"], write["bx-v"]) == ("UA", "UM", "2.5.36")
+    read = {k.lower() for k, _ in WebHeaders(ORIGIN, config).for_call(call("models"), account)}
+    assert "bx-ua" not in read
+
+
+def test_refresh_headers_are_the_auth_hosts() -> None:
+    headers = {k.lower(): v for k, v in WebHeaders(ORIGIN, Config()).for_refresh(CREDENTIAL)}
+    assert headers["sec-fetch-site"] == "same-site" and headers["x-request-origin"] == "https://chat.qwen.ai"
+    assert headers["version"] == "0.3.12" and headers["source"] == "web"
+    assert headers["cookie"] == f"token={TOKEN}"
