@@ -113,7 +113,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     auth_client = UpstreamClient(auth_origin, config, app[METRICS], refusal=v2_refusal, egress=egress,
                                  follow_redirects=True)
     store = AccountStore(state, config.state_dir or default_state_dir())
-    refresher = Refresher(auth_client, WebHeaders(origin, config).for_refresh, store, state)
+    refresher = Refresher(auth_client, WebHeaders(origin, config).for_refresh, store)
     logins = operator.logins = Logins(operator, refresher, store)
     await logins.start()
     try:

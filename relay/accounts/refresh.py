@@ -4,7 +4,8 @@
 access token (~15 minutes) and a new refresh token: the old one is spent, and a
 second use of it is assumed to kill the login. So a refresh is single-flight:
 within a process by an ``asyncio.Lock`` per login, across workers and hosts by
-the state backend's lock (``--state redis://``), and whoever waited on another
+the store's lock (Redis with ``--state redis://``, else an flock in
+``--state-dir``), and whoever waited on another
 relay's refresh adopts the jar that relay stored instead of refreshing again.
 """
 
@@ -18,7 +19,6 @@ from typing import Any
 
 from ..dialects.v2_errors import payload_error
 from ..errors import AuthenticationFailed, RelayError, UpstreamChallenge
-from ..state import StateBackend
 from ..upstream import UpstreamClient
 from .credential import Credential, token_expiry
 from .store import AccountStore
@@ -39,12 +39,10 @@ RefreshHeaders = Callable[[Credential], Sequence[tuple[str, str]]]
 class Refresher:
     """``refresh(name, source, credential)`` → "ok", "rejected", "challenged" or "error"."""
 
-    def __init__(self, client: UpstreamClient, headers: RefreshHeaders, store: AccountStore,
-                 state: StateBackend) -> None:
+    def __init__(self, client: UpstreamClient, headers: RefreshHeaders, store: AccountStore) -> None:
         self._client = client
         self._headers = headers
         self._store = store
-        self._state = state
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def refresh(self, name: str, source: str, credential: Credential) -> str:
@@ -54,14 +52,14 @@ class Refresher:
         async with lock:
             if credential.token != seen:
                 return "ok"  # refreshed while this call waited for the lock
-            held = await self._state.acquire_lock("refresh:" + name, _LOCK_S)
+            held = await self._store.acquire_lock(name, _LOCK_S)
             polls = 0
             while held is None and polls < _WAIT_POLLS:  # another relay is refreshing this login
                 await asyncio.sleep(0.1)
                 polls += 1
                 if await self._adopt(name, source, credential, seen):
                     return "ok"
-                held = await self._state.acquire_lock("refresh:" + name, _LOCK_S)
+                held = await self._store.acquire_lock(name, _LOCK_S)
             if held is None:
                 return "error"
             try:
@@ -72,7 +70,7 @@ class Refresher:
                     await self._store.save(name, source, credential.jar)
                 return outcome
             finally:
-                await self._state.release_lock("refresh:" + name, held)
+                await self._store.release_lock(name, held)
 
     async def _adopt(self, name: str, source: str, credential: Credential, seen: str) -> bool:
         """Take the jar another relay stored, when it holds a newer token than ``seen``."""

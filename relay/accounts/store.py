@@ -6,6 +6,10 @@ in Redis (shared by the fleet, which also shares the refresh lock); otherwise in
 ``--state-dir`` as one JSON file per account, mode 0600, written atomically
 (a temporary file, fsync, rename), so a crash never leaves half a jar.
 
+The store also gives the fleet-wide refresh lock of a login: Redis's when jars
+live there; otherwise an ``flock`` on a file beside the jar, which every worker
+of ``--workers N`` (and ``qwen-relay doctor``) sharing the directory respects.
+
 Each record remembers which pasted jar it grew from (a digest of the account's
 ``cookies`` in the config): when the operator pastes a new login, the config
 wins over the stale record.
@@ -13,6 +17,7 @@ wins over the stale record.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -50,6 +55,32 @@ class AccountStore:
     def __init__(self, state: StateBackend, state_dir: str) -> None:
         self._state = state
         self._dir = Path(state_dir) / "accounts"
+        self._held: dict[str, int] = {}
+
+    async def acquire_lock(self, name: str, ttl_s: float) -> str | None:
+        """The refresh lock of ``name`` across processes: a token, or None while another holds it."""
+        if self._state.keeps_accounts:
+            return await self._state.acquire_lock("refresh:" + name, ttl_s)
+        try:
+            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self._dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return "unlocked"  # no state dir to share: this process's own lock is the single flight
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        self._held[name] = fd
+        return "flock"
+
+    async def release_lock(self, name: str, token: str) -> None:
+        if self._state.keeps_accounts:
+            await self._state.release_lock("refresh:" + name, token)
+            return
+        fd = self._held.pop(name, None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
     async def load(self, name: str, source: str) -> CookieJar | None:
         """The persisted jar of ``name`` if it grew from the same pasted jar, else None."""

@@ -142,3 +142,16 @@ def test_expires_in_uses_the_jwt() -> None:
     credential = Credential.bare(jwt({"exp": time.time() + 100}))
     left = credential.expires_in_s()
     assert left is not None and 98 < left <= 100
+
+
+async def test_the_refresh_lock_in_a_state_dir_holds_across_processes(tmp_path: Path) -> None:
+    """Workers of --workers N (and doctor) share --state-dir: one refresh of a login at a time."""
+    first, second = AccountStore(MemoryState(), str(tmp_path)), AccountStore(MemoryState(), str(tmp_path))
+    held = await first.acquire_lock("main", 10)
+    assert held is not None
+    assert await second.acquire_lock("main", 10) is None  # another open file description: flock says no
+    assert await second.acquire_lock("other", 10) is not None
+    await first.release_lock("main", held)
+    again = await second.acquire_lock("main", 10)
+    assert again is not None
+    await second.release_lock("main", again)
