@@ -112,6 +112,8 @@ class Config:
     dialect: str = "qwen-v2"
     #: put reasoning back into ``content`` as ``<think>…</think>`` for clients that want it.
     reasoning_in_content: bool = False
+    #: thinking for a request with no switch: ``auto`` (the web app's Auto gear), ``off``, ``on``.
+    default_thinking: str = "auto"
     #: attempts per upstream request (1 = no retry), only before the first byte.
     retries: int = 3
     models_ttl_s: float = 3600.0
@@ -178,6 +180,7 @@ class Config:
                 "--upstream must be an http(s):// origin or 'emulator'",
             )
         _require(self.dialect in DIALECT_NAMES, f"--dialect must be one of {', '.join(DIALECT_NAMES)}")
+        _require(self.default_thinking in ("auto", "off", "on"), "--default-thinking must be auto, off or on")
         _require(self.retries >= 1, "--retries counts attempts and must be at least 1")
         _require(self.models_ttl_s >= 0, "--models-ttl must not be negative")
         _require(self.compress_min_bytes >= 0, "--compress-min-bytes must not be negative")

@@ -50,6 +50,13 @@ class ChatOptions:
     #: False for a model that must think (``info.meta.think_skip.enable: false``): never
     #: asked to skip thinking, the client that wanted none just sees none (§7.3).
     can_skip_thinking: bool = True
+    #: thinking may run, but none of it reaches the client (OpenRouter's ``reasoning.exclude``).
+    hide_reasoning: bool = False
+
+    @property
+    def shows_reasoning(self) -> bool:
+        """False when the client asked for no thinking, or for none to reach it."""
+        return self.thinking is not False and not self.hide_reasoning
 
 
 @dataclass(frozen=True, slots=True)

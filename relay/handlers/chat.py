@@ -216,8 +216,8 @@ async def _completion_response(request: web.Request, info: RequestInfo, chat: Ch
     if not text and not calls and completion.finish_reason != "length":
         raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
     content, reasoning = text, completion.reasoning
-    if options.thinking is False:
-        reasoning = ""  # the client turned thinking off: none of it, in any field
+    if not options.shows_reasoning:
+        reasoning = ""  # the client turned thinking off (or hid it): none of it, in any field
     if reasoning and request.app[CONFIG].reasoning_in_content:
         content, reasoning = f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n\n{content}", ""
     usage = completion.usage or estimate_usage(chat.messages, len(completion.content))
@@ -277,7 +277,7 @@ async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, optio
                     raise UpstreamProtocolError("The upstream answered one JSON body where a stream was expected.")
                 response = web.StreamResponse(headers=SSE_HEADERS)
                 output = _Coalescer(request, response, stats)
-                frames = _client_frames(upstream, dialect, plan, stats, output, config, options.thinking is False)
+                frames = _client_frames(upstream, dialect, plan, stats, output, config, not options.shows_reasoning)
                 try:
                     rest: AsyncIterator[Frame] = frames
                     try:

@@ -11,9 +11,9 @@ from aiohttp import web
 from ..accounts.credential import Credential
 from ..calls import Calls
 from ..dialects import ChatOptions
-from ..dialects.options import resolve_options
+from ..dialects.options import resolve_options, thinking_default
 from ..errors import AuthenticationFailed, ModelNotFound, RelayError
-from ..keys import MODELS, OPERATOR, POOL_MODELS
+from ..keys import CONFIG, MODELS, OPERATOR, POOL_MODELS
 from ..models_cache import CachedModels, Fetch, ModelsCache
 from ..openai_wire import ChatRequest
 from ..operator import Operator
@@ -81,7 +81,7 @@ def resolve_cached(app: web.Application, caller: Caller, chat: ChatRequest) -> C
     """
     cache, key = _cache_of(app, caller)
     entry = cache.peek(key)
-    return None if entry is None else _options(chat, entry)
+    return None if entry is None else _options(chat, entry, _default_thinking(app, caller))
 
 
 async def resolve_request(request: web.Request, caller: Caller, chat: ChatRequest) -> ChatOptions:
@@ -97,12 +97,19 @@ async def resolve_request(request: web.Request, caller: Caller, chat: ChatReques
     except AuthenticationFailed:
         raise
     except RelayError:
-        return resolve_options(chat, {})
-    return _options(chat, entry)
+        return resolve_options(chat, {}, default=_default_thinking(request.app, caller))
+    return _options(chat, entry, _default_thinking(request.app, caller))
 
 
-def _options(chat: ChatRequest, entry: CachedModels) -> ChatOptions:
+def _default_thinking(app: web.Application, caller: Caller) -> bool | None:
+    """Thinking for a request without a switch: its relay key's ``thinking``, else --default-thinking."""
+    key = caller.key
+    name = key.spec.thinking if key is not None and key.spec.thinking is not None else app[CONFIG].default_thinking
+    return thinking_default(name)
+
+
+def _options(chat: ChatRequest, entry: CachedModels, default: bool | None) -> ChatOptions:
     if chat.model not in entry.ids:
         raise ModelNotFound(f"The model `{chat.model}` does not exist or you do not have access to it. "
                             "GET /v1/models lists the ids you can use.", param="model")
-    return resolve_options(chat, entry.variants, entry.must_think)
+    return resolve_options(chat, entry.variants, entry.must_think, default)

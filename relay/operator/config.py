@@ -89,6 +89,8 @@ class KeySpec:
     models: frozenset[str] | None = None
     rpm: int | None = None
     max_concurrent: int | None = None
+    #: thinking for this key's requests without a switch (``auto``/``off``/``on``); None: --default-thinking.
+    thinking: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +204,12 @@ def _key(item: Any, index: int, fail: Fail, line_in_key: Callable[[int, str], st
 
     if not isinstance(item, dict):
         raise error("", "must be a table")
-    unknown = set(item) - {"name", "hash", "models", "rpm", "max_concurrent"}
+    unknown = set(item) - {"name", "hash", "models", "rpm", "max_concurrent", "thinking"}
     if unknown:
-        raise error(min(unknown), "unknown field (expected name, hash, models, rpm, max_concurrent)")
+        raise error(min(unknown), "unknown field (expected name, hash, models, rpm, max_concurrent, thinking)")
+    thinking = item.get("thinking")
+    if thinking is not None and thinking not in ("auto", "off", "on"):
+        raise error("thinking", "must be \"auto\", \"off\" or \"on\"")
     name = item.get("name", f"key{index + 1}")
     if not isinstance(name, str) or not _NAME.match(name):
         raise error("name", "must be 1-64 characters of letters, digits, '_', '.' or '-'")
@@ -223,7 +228,7 @@ def _key(item: Any, index: int, fail: Fail, line_in_key: Callable[[int, str], st
         limits[field_name] = value
     return KeySpec(name=name, digest=bytes.fromhex(digest[7:]),
                    models=frozenset(models) if models is not None else None,
-                   rpm=limits["rpm"], max_concurrent=limits["max_concurrent"])
+                   rpm=limits["rpm"], max_concurrent=limits["max_concurrent"], thinking=thinking)
 
 
 def _tokens(data: Any, fail: Fail) -> tuple[Secret, ...]:
