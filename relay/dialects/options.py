@@ -47,9 +47,9 @@ def _invalid(message: str, param: str) -> InvalidRequest:
 
 
 def _switch_of_effort(value: Any, param: str) -> bool:
-    if value in _EFFORT_OFF:
+    if isinstance(value, str) and value in _EFFORT_OFF:
         return False
-    if value in _EFFORT_ON:
+    if isinstance(value, str) and value in _EFFORT_ON:
         return True
     raise _invalid(f"'{param}' must be one of none, minimal, low, medium, high.", param)
 
@@ -93,6 +93,8 @@ class _Switches:
         if not isinstance(thinking, dict):
             raise _invalid("'thinking' must be an object such as {\"type\": \"disabled\"}.", "thinking")
         kind = thinking.get("type")
+        if kind is not None and not isinstance(kind, str):
+            raise _invalid("'thinking.type' must be enabled, disabled or adaptive.", "thinking.type")
         if kind == "enabled":
             self.onoff.append(("thinking.type", True))
         elif kind == "disabled":

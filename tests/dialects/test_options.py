@@ -67,6 +67,7 @@ def test_conflicting_switches_are_a_400_naming_both(fields: dict[str, Any]) -> N
 @pytest.mark.parametrize("fields", [
     {"reasoning_effort": "extreme"}, {"thinking": {"type": "sometimes"}}, {"thinking": "yes"},
     {"reasoning": {"enabled": "yes"}}, {"thinking": {"type": "enabled", "budget_tokens": -1}},
+    {"reasoning_effort": ["low"]}, {"reasoning": {"effort": {"x": 1}}}, {"thinking": {"type": ["enabled"]}},
 ])
 def test_malformed_switches_are_a_400(fields: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
