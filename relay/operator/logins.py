@@ -70,8 +70,8 @@ class Logins:
         pool, state = self._operator.pool, self._operator.state
         if outcome == "ok":
             entry.last_refresh = time.time()
-            entry.cooling_until = 0.0
-            self._backoff.pop(entry.name, None)
+            if self._backoff.pop(entry.name, None) is not None:
+                entry.cooling_until = 0.0  # the rest a failed refresh set; a challenge's or a 429's stands
             self._retry_at.pop(entry.name, None)
             self._lifetimes.pop(entry.name, None)
             self._wake.set()
@@ -82,6 +82,8 @@ class Logins:
             pool.disable(entry, "refresh_rejected")
             await state.disable_token(entry.fingerprint, "refresh_rejected")
             return False
+        if outcome == "challenged":
+            pool.count_challenge(entry)
         backoff = min(self._backoff.get(entry.name, _BACKOFF_MIN_S / 2) * 2, _BACKOFF_MAX_S)
         self._backoff[entry.name] = backoff
         self._retry_at[entry.name] = time.monotonic() + backoff

@@ -43,7 +43,7 @@ class PooledToken:
     """One credential of the pool (an ``[operator.tokens]`` token or an account), with its state."""
 
     credential: Credential
-    #: the shared-state key: a token's fingerprint, or ``a:<name>`` for an account.
+    #: the shared-state key: a token's fingerprint, or ``a:<name>:<fingerprint of the pasted jar>``.
     fingerprint: str
     in_flight: int = 0
     requests: int = 0
@@ -95,7 +95,10 @@ class TokenPool:
         entries: list[PooledToken] = []
         for spec in accounts:
             key: _EntryKey = ("account", spec.name, spec.cookies.reveal())
-            entries.append(kept.get(key) or PooledToken(_account_credential(spec), "a:" + spec.name, key=key))
+            # The shared-state key names the pasted login, not just the name: a login pasted anew
+            # under an old name must not inherit the old one's "disabled" flag from Redis.
+            state_key = f"a:{spec.name}:{fingerprint(spec.cookies.reveal())}"
+            entries.append(kept.get(key) or PooledToken(_account_credential(spec), state_key, key=key))
         for secret in tokens:
             key = ("token", secret.reveal())
             entries.append(kept.get(key) or PooledToken(Credential.bare(secret.reveal()),
