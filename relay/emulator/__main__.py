@@ -4,7 +4,8 @@ Useful for pointing a relay in another process (or curl) at a fake Qwen. Strict
 about qwen-v2 writes by default, as the 2026 service is (§7); ``--lenient`` accepts
 pre-2026 requests (a Bearer token, no browser headers) for a quick curl. The same
 listener is the auth host (``--auth-origin`` of the relay): ``--user`` accounts sign
-in, and ``--access-ttl`` sets how long their access tokens live.
+in, and ``--access-ttl`` sets how long their access tokens live. ``--replay DIR``
+serves the exchanges a relay recorded with ``--record DIR`` instead (``replay.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Sequence
 
@@ -78,6 +80,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sign-ins per client per 6 minutes before the WAF page (default: %(default)s)",
     )
     parser.add_argument(
+        "--replay",
+        default=None,
+        metavar="DIR",
+        help="answer with the exchanges a relay recorded with --record DIR, in order, instead of emulating",
+    )
+    parser.add_argument(
         "--lenient",
         action="store_true",
         help="skip the 2026 checks on qwen-v2 writes: Bearer or cookie, no header or body-shape checks",
@@ -116,15 +124,36 @@ def _users(pairs: list[str] | None) -> dict[str, str]:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    config = _config(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # not on Windows
             loop.add_signal_handler(signum, stop.set)
-    async with await start_emulator(config, host=args.host, port=args.port) as emulator:
+    if args.replay is not None:
+        await _serve_replay(args, stop)
+        return
+    async with await start_emulator(_config(args), host=args.host, port=args.port) as emulator:
         print(emulator.url, flush=True)
         await stop.wait()
+
+
+async def _serve_replay(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    """Serve ``--replay DIR`` on ``--host``/``--port`` until ``stop``."""
+    from aiohttp import web
+
+    from relay.emulator.replay import make_replay_app
+
+    if not os.path.isdir(args.replay):
+        raise SystemExit(f"--replay: {args.replay} is not a directory")
+    runner = web.AppRunner(make_replay_app(args.replay), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, args.host, args.port).start()
+        port = runner.addresses[0][1]
+        print(f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{port}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -49,6 +49,7 @@ from ..jsonio import dumps, loads
 from ..metrics import Metrics
 from ..pipeline._util import stage
 from .egress import POOL_HEADROOM, Egress, EgressClosed, Route
+from .recording import Capture, Recorder
 from .retry import backoff_s
 
 __all__ = [
@@ -120,13 +121,15 @@ class _Retryable(Exception):
 class UpstreamResponse:
     """A successful (2xx, not HTML) upstream response, owned by ``open``."""
 
-    __slots__ = ("_abort_error", "_response", "_timeout_s", "attempts")
+    __slots__ = ("_abort_error", "_capture", "_response", "_timeout_s", "attempts")
 
-    def __init__(self, response: aiohttp.ClientResponse, attempts: int, timeout_s: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, attempts: int, timeout_s: float,
+                 capture: Capture | None = None) -> None:
         self._response = response
         self.attempts = attempts
         self._timeout_s = timeout_s
         self._abort_error: RelayError | None = None
+        self._capture = capture  # [record] --record: the body is fed to it as it is read
 
     def abort(self, error: RelayError) -> None:
         """Close the connection now; the reader sees ``error`` instead of a broken pipe.
@@ -139,6 +142,8 @@ class UpstreamResponse:
 
     def close(self) -> None:
         """Back to the pool if received to the end, else dropped (the upstream stops generating)."""
+        if self._capture is not None:  # [record]
+            self._capture.close(complete=self._response.content.at_eof())
         if self._response.content.is_eof():
             self._response.release()  # aiohttp still drops a connection that must not be reused
         else:
@@ -168,10 +173,13 @@ class UpstreamResponse:
         ``asyncio.wait`` watches without cancelling it: no byte is lost.
         """
         content = self._response.content
+        capture = self._capture
         try:
             while True:
                 chunk = content.read_nowait()  # what is already buffered, without waiting
                 if chunk:
+                    if capture is not None:  # [record]
+                        capture.feed(chunk)
                     yield chunk
                     continue
                 if content.at_eof():
@@ -184,6 +192,8 @@ class UpstreamResponse:
                     chunk = await _read_waking(content, on_silence, silence_s)
                 if not chunk:
                     return
+                if capture is not None:  # [record]
+                    capture.feed(chunk)
                 yield chunk
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._mapped(exc) from exc
@@ -204,6 +214,8 @@ class UpstreamResponse:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._mapped(exc) from exc
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._capture is not None:  # [record]
+            self._capture.feed(body)
         try:
             return loads(body)
         except (ValueError, RecursionError) as exc:
@@ -237,10 +249,12 @@ class UpstreamClient:
     """Requests to one origin through the shared ``Egress``."""
 
     def __init__(self, origin: str, config: Config, metrics: Metrics | None = None, *,
-                 refusal: RefusalCheck, egress: Egress | None = None, follow_redirects: bool = False) -> None:
+                 refusal: RefusalCheck, egress: Egress | None = None, follow_redirects: bool = False,
+                 recorder: Recorder | None = None) -> None:
         """``egress``: the sessions to send through, shared with other clients and closed by
         its owner; without one the client makes and closes its own. ``follow_redirects``:
-        follow up to ``MAX_REDIRECTS`` (the auth host); else a 3xx is a refusal like any other."""
+        follow up to ``MAX_REDIRECTS`` (the auth host); else a 3xx is a refusal like any other.
+        ``recorder``: ``--record``, which gets every attempt (``upstream/recording.py``)."""
         self._origin = origin.rstrip("/")
         self._config = config
         self._metrics = metrics if metrics is not None else Metrics()
@@ -248,6 +262,7 @@ class UpstreamClient:
         self._owns_egress = egress is None
         self._egress = egress if egress is not None else Egress.from_config(config)
         self._follow_redirects = follow_redirects
+        self._recorder = recorder  # [record]
         timeout_s = config.timeouts.upstream_s
         # connect: the pool wait and the connection (through the proxy, TLS included);
         # sock_read: the wait for the head, then each silent gap in the body.
@@ -342,8 +357,10 @@ class UpstreamClient:
         for attempt in range(1, attempts + 1):
             self._metrics.upstream_attempts += 1
             started = time.perf_counter()
+            capture = (self._recorder.open(self._origin, call.method, call.path, call.headers, call.data)
+                       if self._recorder is not None else None)  # [record]
             try:
-                response = await self._attempt(route, call, url)
+                response = await self._attempt(route, call, url, capture)
             except _Retryable as failure:
                 reason = failure.error.instance_code or failure.error.code or "error"
                 if attempt >= attempts:
@@ -360,12 +377,13 @@ class UpstreamClient:
                 self._metrics.count_upstream_error(error.instance_code or error.code or "error")
                 raise
             self._metrics.upstream_first_byte.observe(time.perf_counter() - started)
-            wrapped = UpstreamResponse(response, attempt, timeouts.upstream_s)
+            wrapped = UpstreamResponse(response, attempt, timeouts.upstream_s, capture)
             self._open.add(wrapped)
             return wrapped
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _attempt(self, route: Route, call: _Call, url: URL) -> aiohttp.ClientResponse:
+    async def _attempt(self, route: Route, call: _Call, url: URL,
+                       capture: Capture | None = None) -> aiohttp.ClientResponse:
         """One try: the response head, checked; a fault as ``_Retryable`` or an ``Upstream*`` error."""
         try:
             # aiohttp's own timers bound the connect and the wait for the response head.
@@ -375,16 +393,22 @@ class UpstreamClient:
                 call.method, url, headers=call.headers, data=body, timeout=self._timeout,
                 allow_redirects=self._follow_redirects, max_redirects=MAX_REDIRECTS)
         except Exception as exc:
+            if capture is not None:  # [record]
+                capture.close(error=exc)
             mapped = self._transport_error(exc, route)
             if mapped is exc:
                 raise  # not a transport fault: a bug to see as it is
             raise mapped from exc
+        if capture is not None:  # [record]
+            capture.head(response)
         try:
             if call.on_cookies is not None:
                 _report_cookies(response, call.on_cookies)
             if not _plainly_successful(response):  # the common answer skips the checking coroutine
-                await self._check(response)
+                await self._check(response, capture)
         except BaseException:
+            if capture is not None:  # [record] a refused answer is an exchange too
+                capture.close(complete=response.content.at_eof())
             response.close()
             raise
         return response
@@ -421,7 +445,7 @@ class UpstreamClient:
             return UpstreamProtocolError(f"The upstream request failed: {type(exc).__name__}.")
         return exc
 
-    async def _check(self, response: aiohttp.ClientResponse) -> None:
+    async def _check(self, response: aiohttp.ClientResponse, capture: Capture | None = None) -> None:
         """Raise what a non-plain answer means, as the dialect's ``refusal`` reads it.
 
         The body's start is read only for an answer that looks refused (not 2xx,
@@ -435,6 +459,8 @@ class UpstreamClient:
                 and not (actual.isdigit() and int(actual) >= 400)):
             return
         head = await _read_some(response)
+        if capture is not None:  # [record]
+            capture.feed(head)
         refusal = self._refusal(response.status, headers, content_type, head)
         if refusal is None:
             raise UpstreamProtocolError(f"The upstream answered HTTP {response.status} with a body it could "
