@@ -71,6 +71,10 @@ class Metrics:
         self.challenges = 0
         self.client_disconnects = 0
         self.garbage_events = 0
+        #: the translation endpoints: texts asked for, upstream calls made, texts asked again alone.
+        self.translated_texts = 0
+        self.translation_calls = 0
+        self.translation_reasked = 0
         #: read at render time: the live gate and drain state.
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         #: more families rendered at the end, each as ready lines (operator keys and tokens).
@@ -131,6 +135,14 @@ class Metrics:
         out.append(f"qwen_relay_upstream_garbage_events_total {self.garbage_events}")
         family("qwen_relay_client_disconnects_total", "counter", "Clients that left before the answer ended.")
         out.append(f"qwen_relay_client_disconnects_total {self.client_disconnects}")
+        family("qwen_relay_translated_texts_total", "counter", "Texts the translation endpoints were asked for.")
+        out.append(f"qwen_relay_translated_texts_total {self.translated_texts}")
+        family("qwen_relay_translation_upstream_calls_total", "counter",
+               "Upstream completions made by the translation endpoints (batches and texts asked again).")
+        out.append(f"qwen_relay_translation_upstream_calls_total {self.translation_calls}")
+        family("qwen_relay_translation_reasked_total", "counter",
+               "Texts asked again alone because a batch answer left them out, merged or doubled them.")
+        out.append(f"qwen_relay_translation_reasked_total {self.translation_reasked}")
         for collect in self.collectors:
             out.extend(collect())
         return "\n".join(out) + "\n"

@@ -33,7 +33,7 @@ from .errors import (
 from .keys import CONFIG, LIFECYCLE, METRICS
 from .logs import DeferredLog, request_id_var
 
-__all__ = ["INFO", "RequestInfo", "error_response", "method_not_allowed", "not_found", "preflight", "relay_route",
+__all__ = ["API_PATHS", "INFO", "RequestInfo", "error_response", "method_not_allowed", "not_found", "preflight", "relay_route",
            "response_headers"]
 
 _access = logging.getLogger("relay.access")
@@ -41,6 +41,8 @@ _access_lines = DeferredLog(_access, "request")
 _error = logging.getLogger("relay.error")
 
 _ALLOW_METHODS = "GET, POST, OPTIONS"
+#: the API: drained on SIGTERM, answered with CORS headers (the OpenAI paths and the translation endpoints).
+API_PATHS = ("/v1/", "/translate", "/imme", "/kiss")
 _DEFAULT_ALLOW_HEADERS = "authorization, content-type, api-key, x-api-key"
 _EXPOSE_HEADERS = "Retry-After, X-Request-Id"
 _PREFLIGHT_MAX_AGE_S = "86400"
@@ -96,7 +98,7 @@ def relay_route(handler: Handler, label: str, on_request: Callable[[], None] | N
         status = 500
         try:
             try:
-                if app[LIFECYCLE].draining and request.path.startswith("/v1/"):
+                if app[LIFECYCLE].draining and request.path.startswith(API_PATHS):
                     raise Draining("The relay is shutting down; retry on another instance or in a moment.",
                                    retry_after_s=1)
                 response = await handler(request)
@@ -217,7 +219,7 @@ def response_headers(config: Config) -> ResponseHook:
         request_id = request_id_var.get()
         if request_id is not None:  # None: an answer aiohttp made before the middleware ran
             headers["X-Request-Id"] = request_id
-        if not request.path.startswith("/v1/"):
+        if not request.path.startswith(API_PATHS):
             return
         origin = request.headers.get("Origin")
         if origin is None:

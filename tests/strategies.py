@@ -30,6 +30,7 @@ __all__ = [
     "sse_texts",
     "summary_lists",
     "text_pieces",
+    "translation_texts",
 ]
 
 T = TypeVar("T")
@@ -127,3 +128,15 @@ def cumulative_frames(draw: st.DrawFn) -> tuple[str, list[str]]:
     text = draw(sse_texts)
     cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=12)))
     return text, [text[:cut] for cut in cuts] + [text]
+
+
+#: Texts a translation plugin sends: paragraphs with HTML, placeholders, quotes, braces
+#: and line breaks (everything the keyed JSON prompt must carry intact), some blank.
+translation_texts = st.lists(
+    st.one_of(
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
+        st.sampled_from(['<b>Bold</b> text', 'Hello, {name}!', '%1$s files', 'Line one\nLine two',
+                         '"quoted" {"1": "not a key"}', '```code```', '  padded  ', '', ' ', '{', '}']),
+    ),
+    min_size=1, max_size=12,
+)

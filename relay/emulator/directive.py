@@ -38,6 +38,11 @@ one test body can run against every dialect.
   ``text/event-stream``; on the v1 paths it sends the ``success_false`` event).
 - ``fault: "risk_control"`` answers the §7.5 risk-control JSON (HTTP 200) instead of
   the completion; it can also be armed for a path (``EmulatorState.arm``).
+
+Translation prompts (``translation.py``): a prompt holding a ``{"1": …, "n": …}``
+object is answered key by key as ``"[<TAG>] " + text``; ``translate_fault`` (one of
+``TRANSLATE_FAULTS``) spoils that answer at ``translate_key``, on prompts of two or
+more keys unless ``translate_fault_all``. A directive may sit inside a text there.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ __all__ = [
     "HTTP_FAULTS",
     "NO_DIRECTIVE",
     "STREAM_FAULTS",
+    "TRANSLATE_FAULTS",
     "Directive",
     "DirectiveError",
     "parse_directive",
@@ -96,6 +102,9 @@ STREAM_FAULTS = frozenset(
     }
 )
 FAULTS = HTTP_FAULTS | STREAM_FAULTS | {"stall_before"}
+# Ways to answer a translation prompt badly (``translation.py``).
+TRANSLATE_FAULTS = ("drop_key", "empty_key", "merge_keys", "duplicate", "extra_key", "reorder", "commentary",
+                    "code_fence", "trailing_comma", "prose", "list")
 
 # 2 MiB: well past any sane per-line limit of a relay, yet quick to send in a test.
 DEFAULT_OVERSIZED_LINE_BYTES = 2 * 1024 * 1024
@@ -162,6 +171,11 @@ class Directive:
     tool_calls: tuple[ToolCallSpec, ...] | None = None
     text_before: str | None = None
     malformed_tool_call: bool = False
+    # A translation prompt answered badly (translation.py): how, at which key, and
+    # whether one-key prompts too.
+    translate_fault: str | None = None
+    translate_key: str | None = None
+    translate_fault_all: bool = False
 
     @property
     def has_tool_calls(self) -> bool:
@@ -256,6 +270,9 @@ def build_directive(raw: Mapping[str, Any]) -> Directive:
             raise DirectiveError(f"directive field {name} needs fault v2_error or stream_error")
     if "stream_error_form" in values and "stream_error" not in values:
         raise DirectiveError("directive field stream_error_form needs stream_error")
+    for name in ("translate_key", "translate_fault_all"):
+        if name in values and "translate_fault" not in values:
+            raise DirectiveError(f"directive field {name} needs translate_fault")
     return Directive(source=dict(raw), **values)
 
 
@@ -297,4 +314,7 @@ _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "stream_error_form": check.choice("error", "success_false", "string", "bare_json"),
     "candidates": check.count(1, 2),
     "extra_phases": check.phases,
+    "translate_fault": check.choice(*TRANSLATE_FAULTS),
+    "translate_key": check.string,
+    "translate_fault_all": check.flag,
 }

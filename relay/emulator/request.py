@@ -18,6 +18,7 @@ from relay.emulator.directive import (
     parse_directive,
     strip_directives,
 )
+from relay.emulator.translation import translation_texts
 
 __all__ = [
     "BadRequest",
@@ -131,8 +132,9 @@ def _model(body: dict[str, Any]) -> str:
 
 
 def _directive(texts: Sequence[str]) -> Directive | None:
+    """The last directive line in the texts, or in the values of a translation prompt's object."""
     try:
-        return parse_directive(texts)
+        return parse_directive([*texts, *translation_texts(texts)])
     except DirectiveError as exc:
         raise BadRequest(400, str(exc)) from exc
 

@@ -23,6 +23,7 @@ from relay.emulator.directive import Directive
 from relay.emulator.faults import IN_STREAM_ERROR, error_event
 from relay.emulator.framing import Abort, Frame, Gap, Stall, Step, Write, plan_events, to_json
 from relay.emulator.tool_calls import tool_call_answer
+from relay.emulator.translation import translation_reply
 
 __all__ = [
     "DEFAULT_SOURCES",
@@ -71,11 +72,14 @@ def default_reply(user_text: str) -> str:
 
 
 def reply_text(directive: Directive, user_text: str) -> str:
-    """The answer text when no ``pieces`` give it: tool-call blocks, the reply, or an echo."""
+    """The answer text when no ``pieces`` give it: tool-call blocks, the reply, a translation, or an echo."""
     if directive.has_tool_calls:
         return tool_call_answer(directive.text_before, directive.tool_calls,
                                 malformed=directive.malformed_tool_call)
-    return directive.reply if directive.reply is not None else default_reply(user_text)
+    if directive.reply is not None:
+        return directive.reply
+    translated = translation_reply(user_text, directive)
+    return translated if translated is not None else default_reply(user_text)
 
 
 def split_even(text: str, chunks: int) -> tuple[str, ...]:

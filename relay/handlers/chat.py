@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from functools import partial
+from types import TracebackType
 from typing import TypeVar
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from aiohttp import web
 from ..accounts.credential import Credential
 from ..calls import Calls
 from ..config import Config
+from ..deadline import Deadline
 from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
 from ..dialects.v2_errors import ChatNotFound
 from ..errors import (
@@ -59,7 +61,7 @@ from .common import caller as identify_caller
 from .common import json_response, read_body
 from .models import resolve_cached, resolve_request
 
-__all__ = ["chat_completions"]
+__all__ = ["chat_completions", "complete_once", "nonstream_deadline"]
 
 T = TypeVar("T")
 _log = logging.getLogger("relay.upstream")
@@ -98,9 +100,7 @@ async def _complete(request: web.Request, info: RequestInfo, caller: Caller, pla
     """The non-stream answer, all of it within --nonstream-deadline."""
     chat = plan.request
     app = request.app
-    deadlines = app[NONSTREAM_DEADLINES]
-    deadline = deadlines.start()
-    try:
+    async with nonstream_deadline(app):
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
         exchange = _until_committed(app, partial(_exchange_completion, request, info, chat, options))
         completion = await _gated(request, caller, exchange)
@@ -111,14 +111,55 @@ async def _complete(request: web.Request, info: RequestInfo, caller: Caller, pla
             text, calls = _split_calls(completion.content, plan)
             if not calls:
                 raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
-    except asyncio.CancelledError:
-        if deadline.expired():
-            raise UpstreamTimeout(f"No complete answer within {deadlines.delay_s:g} s (--nonstream-deadline).",
-                                  code="nonstream_deadline") from None
-        raise
-    finally:
-        deadline.cancel()
     return await _completion_response(request, info, chat, options, completion, text, calls)
+
+
+async def complete_once(request: web.Request, caller: Caller, chat: ChatRequest,
+                        options: ChatOptions) -> Completion:
+    """One whole (non-stream) answer to ``chat``, admitted as every chat completion is.
+
+    The same path as ``_complete``: a concurrency slot for the call (queued up to
+    --queue-timeout, else 429), the caller's token or a pool credential
+    (``_with_token``), the retries while nothing reached the client
+    (``_until_committed``). For callers that make their own requests of the
+    model, the translation endpoints; the caller's ``admit`` and the
+    ``nonstream_deadline`` around it are theirs to hold.
+    """
+    exchange = _until_committed(request.app, partial(_exchange_completion, request, request[INFO], chat, options))
+    return await _gated(request, caller, exchange)
+
+
+def nonstream_deadline(app: web.Application) -> _NonstreamDeadline:
+    """``async with nonstream_deadline(app):`` the block finishes within --nonstream-deadline, else 504.
+
+    The deadline cancels the task; a cancellation that is the deadline's becomes
+    ``UpstreamTimeout``, any other (the client left) goes on.
+    """
+    return _NonstreamDeadline(app)
+
+
+class _NonstreamDeadline:
+    """A class rather than ``@asynccontextmanager``: no async generator per request."""
+
+    __slots__ = ("_deadline", "_deadlines")
+
+    def __init__(self, app: web.Application) -> None:
+        self._deadlines = app[NONSTREAM_DEADLINES]
+        self._deadline: Deadline | None = None
+
+    async def __aenter__(self) -> None:
+        self._deadline = self._deadlines.start()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        deadline = self._deadline
+        assert deadline is not None  # set by __aenter__
+        try:
+            if kind is not None and issubclass(kind, asyncio.CancelledError) and deadline.expired():
+                raise UpstreamTimeout(f"No complete answer within {self._deadlines.delay_s:g} s "
+                                      "(--nonstream-deadline).", code="nonstream_deadline") from None
+        finally:
+            deadline.cancel()
 
 
 def _split_calls(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:

@@ -19,11 +19,14 @@ _TOKEN_MAX_CHARS = 8192
 _JSON_HEADERS: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json", "Vary": "Accept-Encoding"})
 
 
-def bearer_token(request: web.Request) -> str:
+def bearer_token(request: web.Request, *, query_token: bool = False) -> str:
     """The Qwen token from ``Authorization: Bearer``, or ``api-key`` as a fallback.
 
     Immersive Translate sends both headers; Azure-style clients send only
     ``api-key``. A token must be printable ASCII: it goes into an upstream header.
+    ``query_token``: a ``?token=`` in the URL also counts, after the headers (the
+    translation endpoints: Immersive's custom API and DeepLX clients put it there;
+    Kiss sends ``Bearer `` with nothing after it when its key field is empty).
     """
     header = request.headers.get("Authorization")
     token = ""
@@ -34,6 +37,8 @@ def bearer_token(request: web.Request) -> str:
         token = value.strip()
     else:
         token = (request.headers.get("api-key") or request.headers.get("x-api-key") or "").strip()
+    if not token and query_token:
+        token = request.query.get("token", "").strip()
     if not token:
         raise AuthenticationFailed(
             "Missing token: send your Qwen Chat token as 'Authorization: Bearer <token>'.")
@@ -42,9 +47,9 @@ def bearer_token(request: web.Request) -> str:
     return token
 
 
-def caller(request: web.Request) -> Caller:
+def caller(request: web.Request, *, query_token: bool = False) -> Caller:
     """The request's credentials under the operator mode (401 before any upstream call)."""
-    return identify(request.app[OPERATOR], bearer_token(request))
+    return identify(request.app[OPERATOR], bearer_token(request, query_token=query_token))
 
 
 async def read_body(request: web.Request) -> bytes:

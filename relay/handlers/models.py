@@ -12,7 +12,7 @@ from ..accounts.credential import Credential
 from ..calls import Calls
 from ..dialects import ChatOptions
 from ..dialects.options import resolve_options, thinking_default
-from ..errors import AuthenticationFailed, ModelNotFound, RelayError
+from ..errors import AuthenticationFailed, ModelNotFound, RelayError, UpstreamProtocolError
 from ..keys import CONFIG, MODELS, OPERATOR, POOL_MODELS
 from ..models_cache import CachedModels, Fetch, ModelsCache
 from ..openai_wire import ChatRequest
@@ -20,7 +20,7 @@ from ..operator import Operator
 from ..operator.auth import Caller, identify, with_upstream_token
 from .common import bearer_token, json_response
 
-__all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_cached", "resolve_request"]
+__all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_cached", "resolve_request", "translation_options"]
 
 #: a model list is small; this only stops a broken upstream from filling memory.
 MODELS_MAX_BYTES = 16 * 1024 * 1024
@@ -113,3 +113,44 @@ def _options(chat: ChatRequest, entry: CachedModels, default: bool | None) -> Ch
         raise ModelNotFound(f"The model `{chat.model}` does not exist or you do not have access to it. "
                             "GET /v1/models lists the ids you can use.", param="model")
     return resolve_options(chat, entry.variants, entry.must_think, default)
+
+
+async def translation_options(request: web.Request, caller: Caller) -> tuple[str, ChatOptions]:
+    """The translation endpoints' model (its id as listed, and its options), always without thinking.
+
+    ``--translate-model`` when set (it must be in the caller's list; a ``-thinking``
+    id is taken for its base model), else the first model the caller's list offers
+    that can skip thinking: the Fast gear, since a translation gains nothing from
+    thinking but seconds. Fails open like ``resolve_request`` when the list cannot
+    be fetched and a model is configured.
+    """
+    app = request.app
+    preferred = app[CONFIG].translate_model
+    cache, key = _cache_of(app, caller)
+    try:
+        entry = cache.peek(key) or await cache.get(key)
+    except AuthenticationFailed:
+        raise
+    except RelayError:
+        if preferred is None:
+            raise
+        return preferred, ChatOptions(upstream_model=preferred, thinking=False)
+    if preferred is not None:
+        if preferred not in entry.ids:
+            raise ModelNotFound(f"The translation model `{preferred}` (--translate-model) is not offered to "
+                                "this account; GET /v1/models lists the ids it can use.", param="model")
+        listed, model = preferred, entry.variants.get(preferred, (preferred, False, False))[0]
+    else:
+        listed = model = _first_fast_model(entry)
+    return listed, ChatOptions(upstream_model=model, thinking=False, can_skip_thinking=model not in entry.must_think)
+
+
+def _first_fast_model(entry: CachedModels) -> str:
+    """The first upstream model (no synthetic variant) that can answer without thinking, else the first."""
+    ids = [item["id"] for item in json.loads(entry.body)["data"] if item["id"] not in entry.variants]
+    for model_id in ids:
+        if model_id not in entry.must_think:
+            return str(model_id)
+    if not ids:
+        raise UpstreamProtocolError("The upstream lists no model to translate with.")
+    return str(ids[0])
