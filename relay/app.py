@@ -18,7 +18,7 @@ from .deadline import Deadlines
 from .dialects import get_dialect
 from .dialects.v2_errors import refusal as v2_refusal
 from .dialects.web_headers import WebHeaders
-from .handlers import chat, health, models
+from .handlers import chat, health, models, translate
 from .keys import (
     CALLS,
     CONFIG,
@@ -41,6 +41,7 @@ from .operator import Operator
 from .operator.logins import Logins
 from .state import open_state
 from .upstream import Egress, UpstreamClient
+from .upstream.recording import Recorder
 
 __all__ = ["make_app"]
 
@@ -73,6 +74,10 @@ def make_app(config: Config) -> web.Application:
         "/metrics": {"GET": health.metrics},
         "/v1/models": {"GET": models.list_models, "OPTIONS": preflight},
         "/v1/chat/completions": {"POST": chat.chat_completions, "OPTIONS": preflight},
+        # Translation plugins' own APIs (DeepLX, Immersive's and Kiss's custom APIs): handlers/translate.py.
+        "/translate": {"POST": translate.deeplx, "OPTIONS": preflight},
+        "/imme": {"POST": translate.immersive, "OPTIONS": preflight},
+        "/kiss": {"POST": translate.kiss, "OPTIONS": preflight},
     }
     on_request = BusyPoll(config.busy_poll_us / 1e6).activity if config.busy_poll_us else None
     for path, methods in routes.items():
@@ -100,7 +105,10 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     # ride along on another caller's request (configured cookies go in --config headers).
     dialect = get_dialect(config.dialect, config)
     egress = app[EGRESS] = Egress.from_config(config)
-    client = UpstreamClient(origin, config, app[METRICS], refusal=dialect.refusal, egress=egress)
+    # --record: both origins' exchanges, numbered in one sequence (made here: it creates the directory).
+    recorder = Recorder(config.record_dir) if config.record_dir is not None else None
+    client = UpstreamClient(origin, config, app[METRICS], refusal=dialect.refusal, egress=egress,
+                            recorder=recorder)
     app[UPSTREAM] = client
     calls = app[CALLS] = Calls(client, dialect, config)
     operator = app[OPERATOR]
@@ -111,7 +119,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     # Accounts stay signed in: refreshed at the auth host (the emulator serves it too).
     auth_origin = config.auth_origin or (origin if emulator is not None else DEFAULT_AUTH_ORIGIN)
     auth_client = UpstreamClient(auth_origin, config, app[METRICS], refusal=v2_refusal, egress=egress,
-                                 follow_redirects=True)
+                                 follow_redirects=True, recorder=recorder)
     store = AccountStore(state, config.state_dir or default_state_dir())
     refresher = Refresher(auth_client, WebHeaders(origin, config).for_refresh, store)
     logins = operator.logins = Logins(operator, refresher, store)
@@ -125,6 +133,8 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         await auth_client.close()
         await client.close()
         await egress.close()
+        if recorder is not None:
+            await recorder.close()  # the files of the last exchanges are written before exit
         await state.close()
         app[NONSTREAM_DEADLINES].close()
         if emulator is not None:

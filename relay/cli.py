@@ -3,8 +3,10 @@
 Precedence is flag > ``QWEN_RELAY_<NAME>`` env var > default (uvicorn's
 ``auto_envvar_prefix``). The result is one frozen ``Config``.
 
-Subcommands: ``smoke`` (check a running relay), ``bench``, and ``hash-key``
-(print the ``sha256:<hex>`` of a relay key read from stdin, for ``[[operator.keys]]``).
+Subcommands: ``smoke`` (check a running relay), ``bench``, ``hash-key``
+(print the ``sha256:<hex>`` of a relay key read from stdin, for ``[[operator.keys]]``),
+``login`` (sign an account in, into the accounts file) and ``doctor`` (check the
+way to Qwen Chat and one account, step by step).
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("--max-upstream-body-bytes", int, _DEFAULTS.max_upstream_body_bytes,
              "largest qwen-v2 completion body sent upstream (encoded JSON); over it 400 "
              "context_length_exceeded"),
+    _Setting("--translate-model", str, None,
+             "model of the translation endpoints (/translate, /imme, /kiss); default: the first listed "
+             "model that can answer without thinking"),
+    _Setting("--translate-batch-items", int, _DEFAULTS.translate_batch_items,
+             "texts per upstream call of a translation request"),
     _Setting("--keep-chats", _bool, _DEFAULTS.keep_chats,
              "keep the chats the relay creates in the Qwen Chat account instead of deleting them"),
     _Setting("--default-thinking", str, _DEFAULTS.default_thinking,
@@ -144,6 +151,9 @@ _SETTINGS: tuple[_Setting, ...] = (
              "seconds a request waits on one state backend call before it fails open"),
     _Setting("--state-lease", float, _DEFAULTS.state_lease_s,
              "seconds a Redis concurrency slot outlives a relay that died holding it"),
+    _Setting("--record", str, None,
+             "write every upstream exchange, secrets replaced, as one JSON file (0600) to this "
+             "directory (0700): for diagnosis, and for the emulator's replay mode"),
 )
 
 
@@ -238,6 +248,8 @@ def parse_config(argv: Sequence[str] | None = None,
             challenge_cooldown_s=v["challenge_cooldown"],
             max_upstream_body_bytes=v["max_upstream_body_bytes"],
             keep_chats=v["keep_chats"],
+            translate_model=v["translate_model"] or None,
+            translate_batch_items=v["translate_batch_items"],
             auth_origin=_auth_origin(args, environ, file.settings, v["auth_origin"]),
             state_dir=v["state_dir"] or None,
             operator=operator,
@@ -246,6 +258,7 @@ def parse_config(argv: Sequence[str] | None = None,
             state=v["state"],
             state_timeout_s=v["state_timeout"],
             state_lease_s=v["state_lease"],
+            record_dir=v["record"] or None,
             timeouts=Timeouts(upstream_s=v["timeout"], client_body_s=v["body_timeout"],
                               queue_s=v["queue_timeout"], nonstream_deadline_s=v["nonstream_deadline"],
                               keepalive_s=v["keepalive_interval"]),
@@ -315,6 +328,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(bench_main(args[1:]))
     if args[:1] == ["hash-key"]:
         sys.exit(hash_key_main(args[1:]))
+    if args[:1] == ["login"]:
+        from .login import main as login_main
+
+        sys.exit(login_main(args[1:]))
+    if args[:1] == ["doctor"]:
+        from .doctor import main as doctor_main
+
+        sys.exit(doctor_main(args[1:]))
     from .server import run  # imported here so ``--help`` stays fast
 
     config = parse_config(args)

@@ -141,6 +141,12 @@ class Config:
     max_upstream_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES
     #: keep the chats the relay creates (qwen-v2) instead of deleting them after the answer.
     keep_chats: bool = False
+    #: the model of the translation endpoints (``/translate``, ``/imme``, ``/kiss``); None: the
+    #: first model the caller's list offers that can answer without thinking.
+    translate_model: str | None = None
+    #: texts per upstream call of a translation: a model keeps 40 keys apart reliably, and
+    #: Kiss Translator's own batches are at most 20, Immersive's a page's paragraphs.
+    translate_batch_items: int = 40
     #: where accounts refresh their access tokens (§7.1); None: https://auth.qwen.ai, or
     #: the emulator itself with ``--upstream emulator``.
     auth_origin: str | None = None
@@ -170,6 +176,9 @@ class Config:
     #: after each request, keep the loop polling this many µs instead of sleeping (0 = off):
     #: lower latency at one request at a time, for CPU (see ``relay.busypoll``).
     busy_poll_us: int = 0
+    #: ``--record``: write every upstream exchange, secrets replaced, as a JSON file here
+    #: (``relay/upstream/recording.py``); None: nothing is recorded (the normal case).
+    record_dir: str | None = None
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "--port must be between 0 and 65535")
@@ -197,6 +206,9 @@ class Config:
         _require(self.state_dir is None or bool(self.state_dir.strip()), "--state-dir must be a path")
         _require(self.challenge_cooldown_s >= 0, "--challenge-cooldown must not be negative")
         _require(self.max_upstream_body_bytes >= 1024, "--max-upstream-body-bytes must be at least 1024")
+        _require(1 <= self.translate_batch_items <= 1000, "--translate-batch-items must be between 1 and 1000")
+        _require(self.translate_model is None or bool(self.translate_model.strip()),
+                 "--translate-model must name a model")
         _require(self.timeouts.upstream_s > 0, "--timeout must be positive")
         _require(self.timeouts.client_body_s > 0, "--body-timeout must be positive")
         _require(self.timeouts.queue_s >= 0, "--queue-timeout must not be negative")
@@ -212,6 +224,11 @@ class Config:
         _require(self.state_timeout_s > 0, "--state-timeout must be positive")
         _require(self.state_lease_s >= 1, "--state-lease must be at least 1 second")
         _require(bool(self.cors_origins), "--cors-origins must name at least one origin or '*'")
+        _require(self.record_dir is None or bool(self.record_dir.strip()), "--record must be a directory path")
+        _require(self.record_dir is None or not os.path.exists(self.record_dir) or os.path.isdir(self.record_dir),
+                 f"--record: {self.record_dir} exists and is not a directory")
+        # One process numbers the files of a recording; workers would interleave two counters.
+        _require(self.record_dir is None or self.workers == 1, "--record needs --workers 1")
 
     @property
     def cors_allows_any(self) -> bool:
