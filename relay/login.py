@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from .accounts.credential import CookieJar, Credential
+from .accounts.store import write_private
 from .config import DEFAULT_AUTH_ORIGIN, Config
 from .dialects.v2_errors import payload_error
 from .dialects.v2_errors import refusal as v2_refusal
@@ -163,19 +163,7 @@ def write_account(path: str, entry: Mapping[str, str]) -> None:
     """Replace (or append) the entry of the same name; atomic, the file 0600 throughout."""
     accounts = [item for item in _read_accounts(path) if item.get("name") != entry["name"]]
     accounts.append(dict(entry))
-    target = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".",
-                                     prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_render(accounts))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_private(Path(path), _render(accounts))
 
 
 async def sign_in(config: Config, email: str, password: str, proxy: str | None) -> CookieJar:

@@ -30,7 +30,7 @@ from typing import Any
 from ..state import StateBackend
 from .credential import CookieJar
 
-__all__ = ["AccountStore", "default_state_dir", "source_digest"]
+__all__ = ["AccountStore", "default_state_dir", "source_digest", "write_private"]
 
 _log = logging.getLogger("relay.error")
 
@@ -107,7 +107,7 @@ class AccountStore:
             await self._state.store_account(name, payload)
             return
         try:
-            _write_private(self._dir / f"{name}.json", payload)
+            write_private(self._dir / f"{name}.json", payload)
         except OSError as exc:
             _log.error("account_state_not_saved", extra={"fields": {"account": name, "error": type(exc).__name__,
                                                                     "dir": str(self._dir)}})
@@ -123,8 +123,8 @@ def _decode(raw: bytes | None) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _write_private(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically, readable by the owner only."""
+def write_private(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (a temporary file, fsync, rename), readable by the owner only."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -54,39 +54,35 @@ class Operator:
         """Prometheus lines: per-key counters by key name, per-token state by fingerprint."""
         out: list[str] = []
 
-        def family(name: str, kind: str, help_text: str) -> None:
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-
         keys = self.keys.keys
-        family("qwen_relay_key_requests_total", "counter", "Chat completions admitted per relay key name.")
+        _family(out, "qwen_relay_key_requests_total", "counter", "Chat completions admitted per relay key name.")
         for key in keys:
             out.append(f'qwen_relay_key_requests_total{{key="{key.name}"}} {key.state.requests}')
-        family("qwen_relay_key_rejections_total", "counter", "Requests refused per relay key name and reason.")
+        _family(out, "qwen_relay_key_rejections_total", "counter", "Requests refused per relay key name and reason.")
         for key in keys:
             for reason, count in sorted(key.state.rejected.items()):
                 out.append(f'qwen_relay_key_rejections_total{{key="{key.name}",reason="{reason}"}} {count}')
-        family("qwen_relay_key_in_flight", "gauge", "Requests in flight per relay key name.")
+        _family(out, "qwen_relay_key_in_flight", "gauge", "Requests in flight per relay key name.")
         for key in keys:
             out.append(f'qwen_relay_key_in_flight{{key="{key.name}"}} {key.state.in_flight}')
         now = time.monotonic()
         tokens = [entry for entry in self.pool.tokens if not entry.credential.is_account]
         accounts = self.pool.accounts()
-        family("qwen_relay_token_state", "gauge",
+        _family(out, "qwen_relay_token_state", "gauge",
                "1 for the state (active, cooling, disabled) of each pool token, by fingerprint.")
         for entry in tokens:
             current = entry.state(now)
             for state in ("active", "cooling", "disabled"):
                 out.append(f'qwen_relay_token_state{{token="{entry.fingerprint}",state="{state}"}} '
                            f"{int(state == current)}")
-        family("qwen_relay_token_challenges_total", "counter",
+        _family(out, "qwen_relay_token_challenges_total", "counter",
                "Risk-control answers per pool token fingerprint.")
         for entry in tokens:
             out.append(f'qwen_relay_token_challenges_total{{token="{entry.fingerprint}"}} {entry.challenges}')
-        family("qwen_relay_token_in_flight", "gauge", "Upstream requests in flight per pool token fingerprint.")
+        _family(out, "qwen_relay_token_in_flight", "gauge", "Upstream requests in flight per pool token fingerprint.")
         for entry in tokens:
             out.append(f'qwen_relay_token_in_flight{{token="{entry.fingerprint}"}} {entry.in_flight}')
-        family("qwen_relay_token_requests_total", "counter", "Upstream leases per pool token fingerprint.")
+        _family(out, "qwen_relay_token_requests_total", "counter", "Upstream leases per pool token fingerprint.")
         for entry in tokens:
             out.append(f'qwen_relay_token_requests_total{{token="{entry.fingerprint}"}} {entry.requests}')
         out.extend(_account_lines(accounts, now))
@@ -97,34 +93,36 @@ def _account_lines(accounts: list[PooledToken], now: float) -> list[str]:
     """Per ``[[operator.accounts]]`` name: state, token expiry, refreshes, challenges, use."""
     out: list[str] = []
 
-    def family(name: str, kind: str, help_text: str) -> None:
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
-
-    family("qwen_relay_account_state", "gauge", "1 for the state (active, cooling, disabled) of each account.")
+    _family(out, "qwen_relay_account_state", "gauge", "1 for the state (active, cooling, disabled) of each account.")
     for entry in accounts:
         current = entry.state(now)
         for state in ("active", "cooling", "disabled"):
             out.append(f'qwen_relay_account_state{{account="{entry.name}",state="{state}"}} {int(state == current)}')
-    family("qwen_relay_account_token_expires_in_seconds", "gauge",
+    _family(out, "qwen_relay_account_token_expires_in_seconds", "gauge",
            "Seconds until the account's access token expires (negative: expired; absent: unknown).")
     wall = time.time()
     for entry in accounts:
         left = entry.credential.expires_in_s(wall)
         if left is not None:
             out.append(f'qwen_relay_account_token_expires_in_seconds{{account="{entry.name}"}} {left:.1f}')
-    family("qwen_relay_account_refreshes_total", "counter", "Access-token refreshes per account, by result.")
+    _family(out, "qwen_relay_account_refreshes_total", "counter", "Access-token refreshes per account, by result.")
     for entry in accounts:
         for result in ("ok", "rejected", "challenged", "error"):
             out.append(f'qwen_relay_account_refreshes_total{{account="{entry.name}",result="{result}"}} '
                        f"{entry.refreshes.get(result, 0)}")
-    family("qwen_relay_account_challenges_total", "counter", "Risk-control answers per account.")
+    _family(out, "qwen_relay_account_challenges_total", "counter", "Risk-control answers per account.")
     for entry in accounts:
         out.append(f'qwen_relay_account_challenges_total{{account="{entry.name}"}} {entry.challenges}')
-    family("qwen_relay_account_requests_total", "counter", "Upstream leases per account.")
+    _family(out, "qwen_relay_account_requests_total", "counter", "Upstream leases per account.")
     for entry in accounts:
         out.append(f'qwen_relay_account_requests_total{{account="{entry.name}"}} {entry.requests}')
-    family("qwen_relay_account_in_flight", "gauge", "Upstream requests in flight per account.")
+    _family(out, "qwen_relay_account_in_flight", "gauge", "Upstream requests in flight per account.")
     for entry in accounts:
         out.append(f'qwen_relay_account_in_flight{{account="{entry.name}"}} {entry.in_flight}')
     return out
+
+
+def _family(out: list[str], name: str, kind: str, help_text: str) -> None:
+    """The HELP and TYPE lines of one metric family."""
+    out.append(f"# HELP {name} {help_text}")
+    out.append(f"# TYPE {name} {kind}")
