@@ -1,6 +1,7 @@
 """Everything that talks to Qwen Chat over the network lives here."""
 
-from .client import UpstreamClient, UpstreamResponse
+from .client import UpstreamClient
 from .egress import Egress
+from .response import UpstreamResponse
 
 __all__ = ["Egress", "UpstreamClient", "UpstreamResponse"]

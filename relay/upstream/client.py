@@ -24,7 +24,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from types import TracebackType
@@ -39,17 +39,15 @@ from yarl import URL
 from ..config import Config
 from ..errors import (
     RelayError,
-    StreamLimitExceeded,
-    UpstreamInterrupted,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ..jsonio import dumps, loads
+from ..jsonio import dumps
 from ..metrics import Metrics
-from ..pipeline._util import stage
 from .egress import POOL_HEADROOM, Egress, EgressClosed, Route
 from .recording import Capture, Recorder
+from .response import UpstreamResponse, content_type_of
 from .retry import backoff_s
 
 __all__ = [
@@ -60,7 +58,6 @@ __all__ = [
     "Refusal",
     "RefusalCheck",
     "UpstreamClient",
-    "UpstreamResponse",
 ]
 
 _log = logging.getLogger("relay.upstream")
@@ -116,133 +113,6 @@ class _Retryable(Exception):
         super().__init__(error.message)
         self.error = error
         self.retry_after_s = retry_after_s
-
-
-class UpstreamResponse:
-    """A successful (2xx, not HTML) upstream response, owned by ``open``."""
-
-    __slots__ = ("_abort_error", "_capture", "_response", "_timeout_s", "attempts")
-
-    def __init__(self, response: aiohttp.ClientResponse, attempts: int, timeout_s: float,
-                 capture: Capture | None = None) -> None:
-        self._response = response
-        self.attempts = attempts
-        self._timeout_s = timeout_s
-        self._abort_error: RelayError | None = None
-        self._capture = capture  # [record] --record: the body is fed to it as it is read
-
-    def abort(self, error: RelayError) -> None:
-        """Close the connection now; the reader sees ``error`` instead of a broken pipe.
-
-        Used by the drain at its deadline: each open stream's reader wakes up and
-        the pipeline ends the stream with an error event and ``[DONE]``.
-        """
-        self._abort_error = error
-        self._response.close()
-
-    def close(self) -> None:
-        """Back to the pool if received to the end, else dropped (the upstream stops generating)."""
-        if self._capture is not None:  # [record]
-            self._capture.close(complete=self._response.content.at_eof())
-        if self._response.content.is_eof():
-            self._response.release()  # aiohttp still drops a connection that must not be reused
-        else:
-            self._response.close()
-
-    @property
-    def status(self) -> int:
-        return self._response.status
-
-    @property
-    def content_type(self) -> str:
-        return _content_type(self._response)
-
-    @stage
-    async def iter_bytes(self, on_silence: Callable[[], Awaitable[None]] | None = None,
-                         silence_s: float = 15.0,
-                         before_wait: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
-        """The body as it arrives, with transport faults mapped to ``Upstream*``.
-
-        ``before_wait`` is awaited whenever the next read would have to wait for
-        the network: the handler flushes the client output it has coalesced, so
-        events that arrived together leave in one write, and none waits longer.
-
-        ``on_silence`` is awaited after each ``silence_s`` without upstream bytes
-        (the handler writes a keep-alive comment). It runs in the consumer's own
-        task while the read stays pending in a task of its own, which
-        ``asyncio.wait`` watches without cancelling it: no byte is lost.
-        """
-        content = self._response.content
-        capture = self._capture
-        try:
-            while True:
-                chunk = content.read_nowait()  # what is already buffered, without waiting
-                if chunk:
-                    if capture is not None:  # [record]
-                        capture.feed(chunk)
-                    yield chunk
-                    continue
-                if content.at_eof():
-                    return
-                if before_wait is not None:
-                    await before_wait()
-                if on_silence is None:
-                    chunk = await content.readany()
-                else:
-                    chunk = await _read_waking(content, on_silence, silence_s)
-                if not chunk:
-                    return
-                if capture is not None:  # [record]
-                    capture.feed(chunk)
-                yield chunk
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._mapped(exc) from exc
-
-    async def read_json(self, max_bytes: int) -> Any:
-        """Read the whole body (at most ``max_bytes``) and decode it as JSON."""
-        content = self._response.content
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            # Usually the whole body came with the head: taken as it lies, without waiting.
-            while chunk := content.read_nowait() or (b"" if content.at_eof() else await content.readany()):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > max_bytes:
-                    raise StreamLimitExceeded(f"The upstream answer is larger than {max_bytes} bytes "
-                                              "(--max-line-bytes).")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._mapped(exc) from exc
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if self._capture is not None:  # [record]
-            self._capture.feed(body)
-        try:
-            return loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise UpstreamProtocolError("The upstream answer is not valid JSON.") from exc
-
-    def _mapped(self, exc: BaseException) -> RelayError:
-        """A transport fault while reading the body, as the ``Upstream*`` error it means."""
-        if self._abort_error is not None:
-            return self._abort_error
-        if isinstance(exc, TimeoutError):  # aiohttp's sock_read: ServerTimeoutError is one
-            return UpstreamTimeout(f"The upstream was silent for more than {self._timeout_s:g} s (--timeout).")
-        return UpstreamInterrupted("The upstream connection broke in the middle of the answer.")
-
-
-async def _read_waking(content: aiohttp.StreamReader, on_silence: Callable[[], Awaitable[None]],
-                       silence_s: float) -> bytes:
-    """``content.readany()``, with ``on_silence`` awaited after each ``silence_s`` it is still pending."""
-    read = asyncio.ensure_future(content.readany())
-    try:
-        while True:
-            done, _ = await asyncio.wait((read,), timeout=silence_s)
-            if done:
-                return read.result()
-            await on_silence()
-    finally:
-        if not read.done():  # the consumer left (or on_silence failed): nobody will take these bytes
-            read.cancel()
 
 
 class UpstreamClient:
@@ -453,7 +323,7 @@ class UpstreamClient:
         is never read ahead here.
         """
         headers = response.headers
-        content_type = _content_type(response)
+        content_type = content_type_of(response)
         actual = headers.get("x-actual-status-code", "")
         if (200 <= response.status < 300 and content_type != "text/html"
                 and not (actual.isdigit() and int(actual) >= 400)):
@@ -510,15 +380,10 @@ class Exchange:
             self._client._done(self._response)
 
 
-def _content_type(response: aiohttp.ClientResponse) -> str:
-    """The media type, lower-cased, without parameters ("" when absent, not aiohttp's octet-stream)."""
-    return response.headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
-
-
 def _plainly_successful(response: aiohttp.ClientResponse) -> bool:
     """A 2xx that ``_check`` would accept without reading a byte: no qwen-v2 status override, not HTML."""
     return (200 <= response.status < 300 and "x-actual-status-code" not in response.headers
-            and _content_type(response) != "text/html")
+            and content_type_of(response) != "text/html")
 
 
 def _report_cookies(response: aiohttp.ClientResponse, on_cookies: CookieSink) -> None:
