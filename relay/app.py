@@ -30,6 +30,7 @@ from .keys import (
     NONSTREAM_DEADLINES,
     OPERATOR,
     POOL_MODELS,
+    TRANSLATION_CACHE,
     UPSTREAM,
 )
 from .lifecycle import Lifecycle
@@ -40,6 +41,7 @@ from .models_cache import ModelsCache
 from .operator import Operator
 from .operator.logins import Logins
 from .state import open_state
+from .translate.cache import open_translation_cache
 from .upstream import Egress, UpstreamClient
 from .upstream.recording import Recorder
 
@@ -67,6 +69,11 @@ def make_app(config: Config) -> web.Application:
     operator = app[OPERATOR] = Operator(config.operator, state)
     metrics.collectors.append(operator.render_metrics)
     metrics.collectors.append(state.render_metrics)
+    translations = app[TRANSLATION_CACHE] = open_translation_cache(
+        config.translation_cache, ttl_s=config.translation_cache_ttl_s, max_mb=config.translation_cache_mb,
+        state=state)
+    if translations is not None:
+        metrics.collectors.append(translations.render_metrics)
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(response_headers(config))
     routes: dict[str, dict[str, Handler]] = {

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .operator.config import OperatorConfig
 
-__all__ = ["DEFAULT_AUTH_ORIGIN", "DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "PROXY_SCHEMES", "Config", "Limits", "Timeouts", "WebClient", "proxy_problem", "zone"]
+__all__ = ["DEFAULT_AUTH_ORIGIN", "DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "PROXY_SCHEMES", "TRANSLATION_CACHES", "Config", "Limits", "Timeouts", "WebClient", "proxy_problem", "zone"]
 
 #: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
 EMULATOR_UPSTREAM = "emulator"
@@ -22,6 +22,7 @@ EMULATOR_UPSTREAM = "emulator"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DIALECT_NAMES = ("qwen-v1", "qwen-phase", "qwen-v2")
 LOOPS = ("auto", "asyncio", "uvloop")
+TRANSLATION_CACHES = ("memory", "redis", "off")
 #: egress proxies the relay can use: HTTP CONNECT (``https``: TLS to the proxy) and SOCKS5
 #: (``socks5h``: the proxy resolves the name).
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -147,6 +148,15 @@ class Config:
     #: texts per upstream call of a translation: a model keeps 40 keys apart reliably, and
     #: Kiss Translator's own batches are at most 20, Immersive's a page's paragraphs.
     translate_batch_items: int = 40
+    #: ``--translation-cache``: ``memory`` (this process), ``redis`` (--state's Redis, shared
+    #: by the fleet) or ``off``. Plugins re-send a page's paragraphs on every visit.
+    translation_cache: str = "memory"
+    #: a cached translation is served this long: a week covers re-reading the same pages,
+    #: and the prompt version in the key retires old translations sooner when it changes.
+    translation_cache_ttl_s: float = 604_800.0
+    #: the memory cache's bound in MiB of keys' and translations' bytes: 256 holds ~1.6 million
+    #: paragraphs of ~130 characters, ~560 MB with Python's ~190 bytes per entry on top.
+    translation_cache_mb: float = 256.0
     #: where accounts refresh their access tokens (§7.1); None: https://auth.qwen.ai, or
     #: the emulator itself with ``--upstream emulator``.
     auth_origin: str | None = None
@@ -209,6 +219,13 @@ class Config:
         _require(1 <= self.translate_batch_items <= 1000, "--translate-batch-items must be between 1 and 1000")
         _require(self.translate_model is None or bool(self.translate_model.strip()),
                  "--translate-model must name a model")
+        _require(self.translation_cache in TRANSLATION_CACHES,
+                 f"--translation-cache must be one of {', '.join(TRANSLATION_CACHES)}")
+        _require(self.translation_cache != "redis" or self.state != "memory",
+                 "--translation-cache redis keeps translations in --state's Redis, but --state is memory: "
+                 "give --state redis://host:port/db, or use --translation-cache memory")
+        _require(self.translation_cache_ttl_s > 0, "--translation-cache-ttl must be positive")
+        _require(self.translation_cache_mb > 0, "--translation-cache-mb must be positive")
         _require(self.timeouts.upstream_s > 0, "--timeout must be positive")
         _require(self.timeouts.client_body_s > 0, "--body-timeout must be positive")
         _require(self.timeouts.queue_s >= 0, "--queue-timeout must not be negative")

@@ -12,10 +12,11 @@ from .limits import ConcurrencyGate
 from .metrics import Metrics
 from .models_cache import ModelsCache
 from .operator import Operator
+from .translate.cache import ItemCache
 from .upstream import Egress, UpstreamClient
 
 __all__ = ["CALLS", "CONFIG", "EGRESS", "GATE", "LIFECYCLE", "METRICS", "MODELS", "NONSTREAM_DEADLINES", "OPERATOR", "POOL_MODELS",
-           "UPSTREAM"]
+           "TRANSLATION_CACHE", "UPSTREAM"]
 
 CONFIG = web.AppKey("config", Config)
 #: the dialect's calls over the transport (set on startup, once the origin is known).
@@ -32,3 +33,5 @@ OPERATOR = web.AppKey("operator", Operator)
 POOL_MODELS = web.AppKey("pool_models", ModelsCache)
 #: --nonstream-deadline for every non-stream request, on one ticker.
 NONSTREAM_DEADLINES = web.AppKey("nonstream_deadlines", Deadlines)
+#: --translation-cache: None when it is off.
+TRANSLATION_CACHE: web.AppKey[ItemCache | None] = web.AppKey("translation_cache")

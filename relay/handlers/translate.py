@@ -5,7 +5,9 @@ Thin, one function per client: read its body, ``_translate``, write its answer.
 ``identify_caller`` finds it (a ``?token=`` in the URL counts too), the key's
 model, rate and concurrency limits (``caller.admit``), --nonstream-deadline, and
 per upstream call the concurrency gate, the token and the retries
-(``chat.complete_once``). The translating itself is ``relay.translate``'s.
+(``chat.complete_once``). The translating itself is ``relay.translate``'s, the
+translation cache included: it is consulted after admission, so a cached answer
+still needs a caller allowed the model.
 
 Errors are OpenAI envelopes (the middleware's) on /imme and /kiss; DeepLX
 clients expect ``{"code": <status>, "message": …}`` with the HTTP status, so
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from ..errors import InvalidRequest, RelayError
 from ..jsonio import dumps
-from ..keys import CONFIG, METRICS, OPERATOR
+from ..keys import CONFIG, METRICS, OPERATOR, TRANSLATION_CACHE
 from ..middleware import INFO
 from ..openai_wire import parse_json_body
 from ..operator.auth import Caller
@@ -108,6 +110,8 @@ async def _translate(request: web.Request, caller: Caller, texts: Sequence[str],
     config, metrics = app[CONFIG], app[METRICS]
     info = request[INFO]
     stats = TranslationStats()
+    # A relay key with ``cache = false`` neither reads nor fills it; passthrough callers use it.
+    cache = app[TRANSLATION_CACHE] if caller.key is None or caller.key.spec.cache else None
     try:
         async with nonstream_deadline(app):
             model, options = await translation_options(request, caller)
@@ -115,7 +119,8 @@ async def _translate(request: web.Request, caller: Caller, texts: Sequence[str],
             async with caller.admit(model, app[OPERATOR].state):
                 return await translate_texts(texts, target=target, source=source, options=options,
                                              exchange=partial(complete_once, request, caller),
-                                             limits=TranslateLimits.from_config(config), stats=stats)
+                                             limits=TranslateLimits.from_config(config), stats=stats,
+                                             cache=cache)
     finally:
         metrics.translated_texts += stats.texts
         metrics.translation_calls += stats.upstream_calls

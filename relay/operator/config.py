@@ -91,6 +91,9 @@ class KeySpec:
     max_concurrent: int | None = None
     #: thinking for this key's requests without a switch (``auto``/``off``/``on``); None: --default-thinking.
     thinking: str | None = None
+    #: ``cache = false``: this key's translations neither read nor fill the translation cache
+    #: (a customer whose texts must not be kept, even hashed).
+    cache: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +207,13 @@ def _key(item: Any, index: int, fail: Fail, line_in_key: Callable[[int, str], st
 
     if not isinstance(item, dict):
         raise error("", "must be a table")
-    unknown = set(item) - {"name", "hash", "models", "rpm", "max_concurrent", "thinking"}
+    unknown = set(item) - {"name", "hash", "models", "rpm", "max_concurrent", "thinking", "cache"}
     if unknown:
-        raise error(min(unknown), "unknown field (expected name, hash, models, rpm, max_concurrent, thinking)")
+        raise error(min(unknown),
+                    "unknown field (expected name, hash, models, rpm, max_concurrent, thinking, cache)")
+    cache = item.get("cache", True)
+    if not isinstance(cache, bool):
+        raise error("cache", "must be true or false")
     thinking = item.get("thinking")
     if thinking is not None and thinking not in ("auto", "off", "on"):
         raise error("thinking", "must be \"auto\", \"off\" or \"on\"")
@@ -228,7 +235,8 @@ def _key(item: Any, index: int, fail: Fail, line_in_key: Callable[[int, str], st
         limits[field_name] = value
     return KeySpec(name=name, digest=bytes.fromhex(digest[7:]),
                    models=frozenset(models) if models is not None else None,
-                   rpm=limits["rpm"], max_concurrent=limits["max_concurrent"], thinking=thinking)
+                   rpm=limits["rpm"], max_concurrent=limits["max_concurrent"], thinking=thinking,
+                   cache=cache)
 
 
 def _tokens(data: Any, fail: Fail) -> tuple[Secret, ...]:

@@ -10,6 +10,7 @@ hosts with skewed clocks still agree. Every key carries a TTL:
   ``qwen-relay:token:<fp>:disabled``   the reason; EX 1 day (a reload with fresh tokens is expected sooner)
   ``qwen-relay:token:<fp>:cooling``    PX = the upstream's Retry-After
   ``qwen-relay:models:<sha256>``       the model list JSON; PX = --models-ttl
+  ``qwen-relay:tr:<sha256>``           one cached translation (UTF-8); PX = --translation-cache-ttl
 
 (``{…}`` is a cluster hash tag: one key's two sets live on one shard, as the
 script needs.) A concurrency slot is a lease scored by its expiry; one task per
@@ -196,6 +197,25 @@ class RedisState:
             return
         await self._call("store_models", lambda: self._client.set(
             f"{PREFIX}models:{key}", payload, px=max(1, int(ttl_s * 1000))), None)
+
+    # -- the translation cache (relay/translate/cache.py) ----------------------------
+
+    async def load_translations(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The translations stored under ``keys`` (hex digests), in one MGET; all None when down."""
+        found = await self._call("load_translations", lambda: self._client.mget(
+            [f"{PREFIX}tr:{key}" for key in keys]), None)
+        return [value if isinstance(value, bytes) else None for value in found] if found else [None] * len(keys)
+
+    async def store_translations(self, items: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        """Store ``(hex digest, translation)`` pairs for ``ttl_s``, pipelined in one round trip."""
+        async def write() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for key, value in items:
+                pipe.set(f"{PREFIX}tr:{key}", value, px=max(1, int(ttl_s * 1000)))
+            await pipe.execute()
+
+        if items:
+            await self._call("store_translations", write, None)
 
     def status(self) -> str:
         return "ok" if self._up else "down"

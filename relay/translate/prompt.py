@@ -25,7 +25,11 @@ from collections.abc import Iterator, Sequence
 from ..jsonio import dumps
 from .languages import Language
 
-__all__ = ["build_prompt", "item_bytes", "prompt_bytes", "read_answer", "suspects"]
+__all__ = ["PROMPT_VERSION", "build_prompt", "item_bytes", "prompt_bytes", "read_answer", "suspects"]
+
+#: part of every translation cache key: bump it whenever ``_RULES`` or the items' layout
+#: changes, so translations made under the old prompt are no longer served.
+PROMPT_VERSION = 1
 
 _RULES = """\
 You are a translation engine. Translate the value of every key of the JSON object \
