@@ -46,6 +46,7 @@ __all__ = [
     "EmulatorProcess",
     "Outcome",
     "Proxy",
+    "RedisServer",
     "Relay",
     "Seen",
     "Tap",
@@ -429,9 +430,15 @@ class EmulatorProcess:
 # -- other programs ------------------------------------------------------------------------
 
 
+@dataclass
+class RedisServer:
+    process: asyncio.subprocess.Process
+    url: str
+
+
 @contextlib.asynccontextmanager
-async def redis_server() -> AsyncIterator[str]:
-    """A private redis-server (loopback, free port, temp dir, no RDB/AOF); yields its URL."""
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A private redis-server (loopback, free port, temp dir, no RDB/AOF): its process and URL."""
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does this)")
@@ -452,10 +459,11 @@ async def redis_server() -> AsyncIterator[str]:
 
         try:
             await poll(answers, "redis-server answers PING")
-            yield url
+            yield RedisServer(process, url)
         finally:
             await client.aclose()
             if process.returncode is None:
+                process.send_signal(signal.SIGCONT)  # a test may have stopped it
                 process.kill()
             await process.wait()
 

@@ -70,7 +70,7 @@ async def test_two_relays_sharing_redis_refresh_each_expiry_once(stack: Stack, t
     every refresh token is spent once ("ok", unique fingerprints), and the refreshes are one per
     expiry, about elapsed / 1.5-2.25 s (tokens live 2-3 s, refreshed a quarter early), not twice that."""
     emulator = await stack.enter_async_context(EmulatorProcess.running("--access-ttl", "2"))
-    redis_url = await stack.enter_async_context(redis_server())
+    redis_url = (await stack.enter_async_context(redis_server())).url
     login = await emulator.create_login("fleet@example.com")
     config = write_config(tmp_path, [Account("a", login["cookie"])])
     started = time.monotonic()
@@ -100,7 +100,7 @@ async def test_a_restart_resumes_the_rotated_login_from_redis(stack: Stack, tmp_
     """As with --state-dir, but the jar lives in Redis: the new relay (with an empty --state-dir of
     its own) resumes it, its first request meets no 401, and the pasted refresh token is spent once."""
     emulator = await stack.enter_async_context(EmulatorProcess.running("--access-ttl", "3"))
-    redis_url = await stack.enter_async_context(redis_server())
+    redis_url = (await stack.enter_async_context(redis_server())).url
     login = await emulator.create_login("restart@example.com")
     config = write_config(tmp_path, [Account("a", login["cookie"])])
     store = aioredis.Redis.from_url(redis_url)
@@ -145,7 +145,7 @@ async def test_a_login_pasted_anew_for_a_disabled_account_is_used_with_redis(sta
     and pastes the new login under the same name. The new login is a new entry (relay/operator/pool.py
     ``update``): the restarted relay must serve with it, not keep the old login's "disabled" from Redis."""
     emulator = await stack.enter_async_context(EmulatorProcess.running("--access-ttl", "2"))
-    redis_url = await stack.enter_async_context(redis_server())
+    redis_url = (await stack.enter_async_context(redis_server())).url
     old = await emulator.create_login("again@example.com")
     async with aiohttp.ClientSession() as session:
         async with session.get(emulator.url + "/api/v2/auths/refresh",

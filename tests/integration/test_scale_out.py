@@ -10,26 +10,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from relay.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from relay.operator import hash_key
 from relay.operator.pool import fingerprint
 from relay.state.redis_state import RedisState
 from tests.conftest import auth, chat_body, directive, notify_listener, parse_sse
+from tests.integration.accounts_support import RedisServer
+from tests.integration.accounts_support import redis_server as private_redis_server
 from tests.integration.test_cli_process import _free_port
 from tests.integration.test_fault_matrix import RelayProcess
 
@@ -39,41 +37,11 @@ KEY = "sk-relay-alice-0123456789"
 MIB = 1024 * 1024
 
 
-@dataclass
-class RedisServer:
-    process: asyncio.subprocess.Process
-    url: str
-
-
 @pytest.fixture
 async def redis_server() -> AsyncIterator[RedisServer]:
     """A private redis-server: loopback, free port, temp dir, no RDB/AOF."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does this)")
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        process = await asyncio.create_subprocess_exec(
-            executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
-            "--save", "", "--appendonly", "no", stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        client = aioredis.Redis.from_url(url)
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        await client.ping()
-                        break
-                    except (aioredis.ConnectionError, OSError):
-                        await asyncio.sleep(0.02)  # the port is not open yet: nothing to await on
-            yield RedisServer(process, url)
-        finally:
-            await client.aclose()
-            if process.returncode is None:
-                process.send_signal(signal.SIGCONT)  # a test may have stopped it
-                process.kill()
-                await process.wait()
+    async with private_redis_server() as server:
+        yield server
 
 
 @pytest.fixture
