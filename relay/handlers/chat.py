@@ -5,30 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
-from types import TracebackType
 from typing import TypeVar
 
 from aiohttp import web
 
 from ..accounts.credential import Credential
-from ..calls import Calls
 from ..config import Config
-from ..deadline import Deadline
-from ..dialects import ChatOptions, Completion, Dialect, UpstreamCall
-from ..dialects.v2_errors import ChatNotFound
+from ..dialects import ChatOptions, Completion, Dialect
 from ..errors import (
     RelayError,
     UpstreamChallenge,
-    UpstreamInterrupted,
     UpstreamProtocolError,
-    UpstreamTimeout,
 )
 from ..jsonio import dumps
-from ..keys import CALLS, CONFIG, GATE, METRICS, NONSTREAM_DEADLINES, OPERATOR
-from ..metrics import Metrics
+from ..keys import CALLS, CONFIG, GATE, METRICS, OPERATOR
 from ..middleware import INFO, RequestInfo
 from ..openai_wire import (
     ChatRequest,
@@ -41,7 +34,7 @@ from ..openai_wire import (
     prompt_chars,
     usage_for_chars,
 )
-from ..operator.auth import Caller, with_upstream_token
+from ..operator.auth import Caller
 from ..pipeline import (
     Frame,
     SseEncoder,
@@ -56,12 +49,12 @@ from ..pipeline.think import THINK_CLOSE, THINK_OPEN, drop_reasoning, reasoning_
 from ..pipeline.toolcalls import ToolCall, ToolCallParser, extract_tool_calls, tool_calls_json
 from ..tooling import ToolPlan, plan_tools
 from ..upstream import UpstreamResponse
-from ..upstream.retry import backoff_s
 from .common import caller as identify_caller
 from .common import json_response, read_body
+from .exchange import clean_up, count_stream_stats, gated, nonstream_deadline, until_committed, with_token
 from .models import resolve_cached, resolve_request
 
-__all__ = ["chat_completions", "complete_once", "nonstream_deadline"]
+__all__ = ["chat_completions", "complete_once"]
 
 T = TypeVar("T")
 _log = logging.getLogger("relay.upstream")
@@ -92,7 +85,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # A stream's frames live as long as it does: no frame between this one and _stream's.
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
         async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
-            return await _with_token(app, caller, _until_committed(app, partial(_stream, request, info, plan,
+            return await with_token(app, caller, until_committed(app, partial(_stream, request, info, plan,
                                                                                  options)))
 
 
@@ -102,12 +95,12 @@ async def _complete(request: web.Request, info: RequestInfo, caller: Caller, pla
     app = request.app
     async with nonstream_deadline(app):
         options = resolve_cached(app, caller, chat) or await resolve_request(request, caller, chat)
-        exchange = _until_committed(app, partial(_exchange_completion, request, info, chat, options))
-        completion = await _gated(request, caller, exchange)
+        exchange = until_committed(app, partial(_exchange_completion, request, info, chat, options))
+        completion = await gated(request, caller, exchange)
         text, calls = _split_calls(completion.content, plan)
         if plan.forced and not calls:
             # tool_choice demanded a call and the model answered in prose: one more try.
-            completion = await _gated(request, caller, exchange)
+            completion = await gated(request, caller, exchange)
             text, calls = _split_calls(completion.content, plan)
             if not calls:
                 raise UpstreamProtocolError(_MISSING_CALL, code="tool_call_missing")
@@ -120,46 +113,13 @@ async def complete_once(request: web.Request, caller: Caller, chat: ChatRequest,
 
     The same path as ``_complete``: a concurrency slot for the call (queued up to
     --queue-timeout, else 429), the caller's token or a pool credential
-    (``_with_token``), the retries while nothing reached the client
-    (``_until_committed``). For callers that make their own requests of the
+    (``with_token``), the retries while nothing reached the client
+    (``until_committed``). For callers that make their own requests of the
     model, the translation endpoints; the caller's ``admit`` and the
     ``nonstream_deadline`` around it are theirs to hold.
     """
-    exchange = _until_committed(request.app, partial(_exchange_completion, request, request[INFO], chat, options))
-    return await _gated(request, caller, exchange)
-
-
-def nonstream_deadline(app: web.Application) -> _NonstreamDeadline:
-    """``async with nonstream_deadline(app):`` the block finishes within --nonstream-deadline, else 504.
-
-    The deadline cancels the task; a cancellation that is the deadline's becomes
-    ``UpstreamTimeout``, any other (the client left) goes on.
-    """
-    return _NonstreamDeadline(app)
-
-
-class _NonstreamDeadline:
-    """A class rather than ``@asynccontextmanager``: no async generator per request."""
-
-    __slots__ = ("_deadline", "_deadlines")
-
-    def __init__(self, app: web.Application) -> None:
-        self._deadlines = app[NONSTREAM_DEADLINES]
-        self._deadline: Deadline | None = None
-
-    async def __aenter__(self) -> None:
-        self._deadline = self._deadlines.start()
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        traceback: TracebackType | None) -> None:
-        deadline = self._deadline
-        assert deadline is not None  # set by __aenter__
-        try:
-            if kind is not None and issubclass(kind, asyncio.CancelledError) and deadline.expired():
-                raise UpstreamTimeout(f"No complete answer within {self._deadlines.delay_s:g} s "
-                                      "(--nonstream-deadline).", code="nonstream_deadline") from None
-        finally:
-            deadline.cancel()
+    exchange = until_committed(request.app, partial(_exchange_completion, request, request[INFO], chat, options))
+    return await gated(request, caller, exchange)
 
 
 def _split_calls(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
@@ -170,67 +130,6 @@ def _split_calls(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
     pieces = parser.feed(text) + parser.flush()
     calls = [piece for piece in pieces if isinstance(piece, ToolCall)]
     return "".join(piece for piece in pieces if isinstance(piece, str)), calls
-
-
-async def _gated(request: web.Request, caller: Caller, exchange: Callable[[Credential], Awaitable[T]]) -> T:
-    """Run ``exchange(credential)`` holding a concurrency slot."""
-    app = request.app
-    async with app[GATE].slot(app[CONFIG].timeouts.queue_s):
-        return await _with_token(app, caller, exchange)
-
-
-def _with_token(app: web.Application, caller: Caller,
-                exchange: Callable[[Credential], Awaitable[T]]) -> Awaitable[T]:
-    """``exchange`` with the caller's token (passthrough), or a pool credential; risk control rests it."""
-    return with_upstream_token(app[OPERATOR], caller, exchange, app[CONFIG].challenge_cooldown_s)
-
-
-def _until_committed(app: web.Application, exchange: Callable[[Credential], Awaitable[T]]) -> Callable[[Credential], Awaitable[T]]:
-    """``exchange`` tried again while no byte reached the client, for faults another try may fix.
-
-    The transport retries up to the response head; this covers what breaks after
-    it: the connection, or an in-stream ``internal_error`` (``UpstreamInterrupted``),
-    within ``--retries`` attempts, and one ``CHAT_NOT_FOUND`` (a new chat is made).
-    An error leaves ``exchange`` only before its response is committed (after,
-    it becomes an SSE error event), so a retry never resends to a client.
-    """
-    config, metrics = app[CONFIG], app[METRICS]
-
-    async def attempts(credential: Credential) -> T:
-        new_chat_made = False
-        interrupted = 0
-        while True:  # at most --retries interruptions plus one new chat
-            try:
-                return await exchange(credential)
-            except UpstreamChallenge:
-                metrics.challenges += 1
-                raise
-            except ChatNotFound:
-                if new_chat_made:
-                    raise
-                new_chat_made, reason, delay = True, "chat_not_found", 0.0
-            except UpstreamInterrupted as exc:
-                interrupted += 1
-                if interrupted >= config.retries:
-                    raise
-                reason = exc.instance_code or "upstream_interrupted"
-                delay = backoff_s(interrupted, config.timeouts.backoff_base_s, config.timeouts.backoff_max_s,
-                                  None)
-            metrics.count_retry(reason)
-            _log.warning("upstream_retry", extra={"fields": {"reason": reason, "delay_s": round(delay, 3)}})
-            if delay:
-                await asyncio.sleep(delay)
-
-    return attempts
-
-
-def _clean_up(app: web.Application, calls: Calls, call: UpstreamCall, credential: Credential,
-              stop_response_id: str | None = None) -> None:
-    """After the answer (or a disconnect): stop generation if asked, then delete the chat, in the background."""
-    dialect = calls.dialect
-    stop = dialect.stop_call(call, stop_response_id) if stop_response_id else None
-    delete = None if app[CONFIG].keep_chats else dialect.delete_call(call)
-    calls.send_in_background(credential, (stop, "upstream_stopped"), (delete, "upstream_chat_deleted"))
 
 
 async def _exchange_completion(request: web.Request, info: RequestInfo, chat: ChatRequest,
@@ -248,7 +147,7 @@ async def _exchange_completion(request: web.Request, info: RequestInfo, chat: Ch
         raise
     finally:
         if not challenged:  # a challenged credential rests: not even a delete goes out on it
-            _clean_up(app, calls, call, credential)
+            clean_up(app, calls, call, credential)
 
 
 async def _completion_response(request: web.Request, info: RequestInfo, chat: ChatRequest,
@@ -286,7 +185,7 @@ async def _read_completion(request: web.Request, upstream: UpstreamResponse, dia
     try:
         answer = await aggregate(frames)
     finally:
-        _count_stream_stats(request.app[METRICS], stats)
+        count_stream_stats(request.app[METRICS], stats)
     return Completion(answer.content, answer.reasoning, answer.finish_reason or "stop", answer.usage)
 
 
@@ -365,7 +264,7 @@ async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, optio
                 info.bytes_out = stats.bytes_out
                 metrics = app[METRICS]
                 metrics.stream_duration.observe(time.perf_counter() - started)
-                _count_stream_stats(metrics, stats)
+                count_stream_stats(metrics, stats)
     except asyncio.CancelledError:
         info.client_gone = True  # the client left (aiohttp cancels its handler): stop what it asked for
         raise
@@ -375,15 +274,7 @@ async def _stream(request: web.Request, info: RequestInfo, plan: ToolPlan, optio
     finally:  # also when the call was refused at its head: the chat exists
         app[METRICS].client_disconnects += info.client_gone
         if not challenged:  # a challenged credential rests: not even a delete goes out on it
-            _clean_up(app, calls, call, credential, stats.response_id if info.client_gone else None)
-
-
-def _count_stream_stats(metrics: Metrics, stats: StreamStats) -> None:
-    """What the stages counted in one upstream stream, into /metrics (stream and non-stream alike)."""
-    metrics.divergences += stats.divergences
-    metrics.garbage_events += stats.garbage
-    metrics.foreign_frames += stats.foreign_frames
-    metrics.dropped_phase_frames += stats.dropped_phase_frames
+            clean_up(app, calls, call, credential, stats.response_id if info.client_gone else None)
 
 
 def _client_frames(upstream: UpstreamResponse, dialect: Dialect, plan: ToolPlan, stats: StreamStats,
