@@ -18,7 +18,8 @@ from .deadline import Deadlines
 from .dialects import get_dialect
 from .dialects.v2_errors import refusal as v2_refusal
 from .dialects.web_headers import WebHeaders
-from .handlers import chat, health, models, translate
+from .handlers import health, models, translate
+from .handlers.serve import serve
 from .keys import (
     CALLS,
     CONFIG,
@@ -41,6 +42,7 @@ from .models_cache import ModelsCache
 from .operator import Operator
 from .operator.logins import Logins
 from .state import open_state
+from .surfaces import SURFACES
 from .translate.cache import open_translation_cache
 from .upstream import Egress, UpstreamClient
 from .upstream.recording import Recorder
@@ -80,7 +82,8 @@ def make_app(config: Config) -> web.Application:
         "/healthz": {"GET": health.healthz, "HEAD": health.healthz},
         "/metrics": {"GET": health.metrics},
         "/v1/models": {"GET": models.list_models, "OPTIONS": preflight},
-        "/v1/chat/completions": {"POST": chat.chat_completions, "OPTIONS": preflight},
+        # The API surfaces (relay/surfaces): one handler, each surface its own wire and envelope.
+        **{path: {"POST": serve(surface), "OPTIONS": preflight} for path, surface in SURFACES.items()},
         # Translation plugins' own APIs (DeepLX, Immersive's and Kiss's custom APIs): handlers/translate.py.
         "/translate": {"POST": translate.deeplx, "OPTIONS": preflight},
         "/imme": {"POST": translate.immersive, "OPTIONS": preflight},
@@ -89,7 +92,8 @@ def make_app(config: Config) -> web.Application:
     on_request = BusyPoll(config.busy_poll_us / 1e6).activity if config.busy_poll_us else None
     for path, methods in routes.items():
         for method, handler in methods.items():
-            app.router.add_route(method, path, relay_route(handler, path, on_request))
+            errors = SURFACES[path].error_response if path in SURFACES else None
+            app.router.add_route(method, path, relay_route(handler, path, on_request, errors))
         # Any other method: a 405 envelope naming the allowed ones (aiohttp's own is plain text).
         app.router.add_route("*", path, relay_route(method_not_allowed(",".join(sorted(methods))), path))
     # Last, so it matches only what nothing above does: a 404 envelope.

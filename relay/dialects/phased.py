@@ -39,7 +39,7 @@ from typing import Any
 from ..errors import RelayError
 from ..openai_wire import usage_from_upstream
 from ..pipeline import close_source, stage
-from ..pipeline.frames import Frame, StreamStats
+from ..pipeline.frames import HEARTBEAT, SILENT_PAYLOAD, Frame, StreamStats
 from .common import first_choice, sources_text
 from .v2_errors import CONTEXT_LENGTH_CODE, payload_error
 
@@ -231,6 +231,9 @@ async def phase_frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamSta
     reader = _PhaseReader(stats, errors)
     try:
         async for payload in payloads:
+            if payload is SILENT_PAYLOAD:
+                yield HEARTBEAT
+                continue
             frame = reader.frame(payload)
             del payload  # not held while the next one is awaited
             if frame is not None:

@@ -16,7 +16,7 @@ from ..errors import UpstreamProtocolError
 from ..openai_wire import ChatRequest, usage_from_upstream
 from ..pipeline import close_source, stage
 from ..pipeline.deaccumulate import deaccumulate
-from ..pipeline.frames import Frame, StreamStats
+from ..pipeline.frames import HEARTBEAT, SILENT_PAYLOAD, Frame, StreamStats
 from ..pipeline.think import ThinkSplitter, split_think
 from . import ChatOptions, Completion, SendJson, UpstreamCall
 from .common import (
@@ -131,6 +131,9 @@ async def _frames(payloads: AsyncIterable[dict[str, Any]], stats: StreamStats) -
     """Normalise v1 payloads; ``content`` stays cumulative for ``deaccumulate``."""
     try:
         async for payload in payloads:
+            if payload is SILENT_PAYLOAD:
+                yield HEARTBEAT
+                continue
             ends = payload.get("error") is not None
             frame = _frame(payload, stats)
             del payload  # nothing held while the next event is awaited (see pipeline.parse)
@@ -179,6 +182,9 @@ async def _append_sources(frames: AsyncIterable[Frame], stats: StreamStats) -> A
     """After the answer, the web-search sources as a short list (never lost)."""
     try:
         async for frame in frames:
+            if frame is HEARTBEAT:
+                yield frame
+                continue
             if frame.finish_reason is not None and stats.sources:
                 frame.content += sources_text(stats.sources)
                 stats.sources.clear()

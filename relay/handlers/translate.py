@@ -30,11 +30,11 @@ from ..middleware import INFO
 from ..openai_wire import parse_json_body
 from ..operator.auth import Caller
 from ..translate import Language, TranslateLimits, TranslationStats, parse_language, translate_texts
-from .chat import complete_once
 from .common import caller as identify_caller
 from .common import json_response, read_body
 from .exchange import nonstream_deadline
 from .models import translation_options
+from .serve import complete_once
 
 __all__ = ["deeplx", "immersive", "kiss"]
 

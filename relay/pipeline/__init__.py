@@ -4,9 +4,13 @@
                      (lines, SSE, line limit;  (normalise; qwen-v1:       │
                       JSON, stop at [DONE])     deaccumulate)             │
       ┌────────────────────────────────────────────────────────────────────┘
-      └─ extract_tool_calls ─────────── encode_sse ─────────── client
-         (when tools were sent:         (OpenAI chunks, error
-          <tool_call> → tool_calls)      event, [DONE])
+      └─ extract_tool_calls ─ thinking ─ cut_at_stop ─┬─ encode ───── client (a stream)
+         (when tools were sent:  (drop, or  (stop      │  (the surface's encoder: events,
+          <tool_call> → calls)    <think>)   sequences) │   keep-alives, error event)
+                                                       └─ aggregate ── client (one body)
+
+``handlers.chain.answer_frames`` assembles it, the same for every surface.
+A silent upstream travels down as a ``HEARTBEAT`` frame (see ``frames``).
 
 Timeouts are enforced where the bytes are read (``upstream.client``); the
 stages hold no sockets. Every stage closes its source however it ends, so
@@ -16,13 +20,13 @@ Cancellation and shutdown flow::
 
     client disconnects ──▶ aiohttp cancels the handler task (handler_cancellation=True)
         └─ CancelledError at `await response.write` or at the upstream read
-            ├─ each stage's `finally: close_source(...)` closes encode_sse ─▶ frames ─▶ bytes
+            ├─ each stage's `finally: close_source(...)` closes encode ─▶ frames ─▶ bytes
             ├─ UpstreamClient.open exits: response.close() (not release: half-read)
             │     └─ the upstream sees its connection close and stops generating
             └─ the gate's `finally: gate.leave()`: the slot is free again
 
     upstream fault after headers (stall, reset, long line, in-stream error)
-        └─ RelayError raised in a stage ─▶ encode_sse yields error event + [DONE]
+        └─ RelayError raised in a stage ─▶ encode yields the surface's error event
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 from ._util import close_source, stage, untrack_stages
 from .aggregate import Aggregate, aggregate
 from .deaccumulate import deaccumulate
-from .encode import SseEncoder, encode_sse
+from .encode import StreamEncoder, encode
 from .frames import Frame, StreamStats, ToolCall
 from .parse import parse_payloads
 from .toolcalls import ToolCallParser, ToolSpec, extract_tool_calls, tool_calls_json, tool_specs
@@ -41,7 +45,7 @@ from .toolcalls import ToolCallParser, ToolSpec, extract_tool_calls, tool_calls_
 __all__ = [
     "Aggregate",
     "Frame",
-    "SseEncoder",
+    "StreamEncoder",
     "StreamStats",
     "ToolCall",
     "ToolCallParser",
@@ -49,7 +53,7 @@ __all__ = [
     "aggregate",
     "close_source",
     "deaccumulate",
-    "encode_sse",
+    "encode",
     "extract_tool_calls",
     "parse_payloads",
     "stage",

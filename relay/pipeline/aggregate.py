@@ -1,7 +1,7 @@
-"""Collect a stream's frames into one answer, for non-stream clients.
+"""Collect a stream's frames into one answer: the non-stream answer of every surface.
 
-Used when the upstream streams although the client asked for one JSON body
-(qwen-v2 always streams, §4.2; a v1 upstream may ignore ``stream:false``).
+The non-stream path runs the same chain as a stream and ends it here instead
+of in an encoder, so both answers hold the same text, reasoning and calls.
 """
 
 from __future__ import annotations
@@ -25,15 +25,17 @@ class Aggregate:
     finish_reason: str | None
     usage: dict[str, Any] | None
     tool_calls: list[ToolCall] = field(default_factory=list)
+    #: unknown message fields the upstream sent (qwen-v1), first value kept.
+    extra: dict[str, Any] | None = None
+    #: the client's stop sequence the relay cut the text at, if it did.
+    stop_sequence: str | None = None
 
 
 async def aggregate(frames: AsyncIterable[Frame]) -> Aggregate:
     """Collect the whole stream; later finish_reason and usage values win."""
     content: list[str] = []
     reasoning: list[str] = []
-    tool_calls: list[ToolCall] = []
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
+    answer = Aggregate("", "", None, None)
     try:
         async for frame in frames:
             if frame.content:
@@ -41,11 +43,14 @@ async def aggregate(frames: AsyncIterable[Frame]) -> Aggregate:
             if frame.reasoning:
                 reasoning.append(frame.reasoning)
             if frame.tool_calls:
-                tool_calls.extend(frame.tool_calls)
+                answer.tool_calls.extend(frame.tool_calls)
             if frame.finish_reason is not None:
-                finish_reason = frame.finish_reason
+                answer.finish_reason, answer.stop_sequence = frame.finish_reason, frame.stop_sequence
             if frame.usage is not None:
-                usage = frame.usage
+                answer.usage = frame.usage
+            if frame.extra:
+                answer.extra = {**frame.extra, **(answer.extra or {})}
     finally:
         await close_source(frames)
-    return Aggregate("".join(content), "".join(reasoning), finish_reason, usage, tool_calls)
+    answer.content, answer.reasoning = "".join(content), "".join(reasoning)
+    return answer

@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator
 
 from ._util import close_source, stage
-from .frames import Frame, StreamStats
+from .frames import HEARTBEAT, Frame, StreamStats
 
 __all__ = ["deaccumulate"]
 
@@ -31,6 +31,9 @@ async def deaccumulate(frames: AsyncIterable[Frame], stats: StreamStats) -> Asyn
     sent = 0  # characters of the cumulative text already passed on
     try:
         async for frame in frames:
+            if frame is HEARTBEAT:
+                yield frame
+                continue
             text = frame.content
             if text:
                 if not text.startswith(previous):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Frame", "StreamStats", "ToolCall"]
+__all__ = ["HEARTBEAT", "SILENT_CHUNK", "SILENT_PAYLOAD", "Frame", "StreamStats", "ToolCall"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,22 @@ class Frame:
     usage: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
     tool_calls: list[ToolCall] | None = None
+    #: set with ``finish_reason`` "stop" when the relay cut the text at one of the client's stop sequences.
+    stop_sequence: str | None = None
+
+
+# The upstream was silent for --keepalive-interval. Silence is noticed where the
+# bytes are read (``UpstreamResponse.iter_bytes``, the one place that knows the
+# network is quiet) and travels down the chain as a marker, compared by
+# identity, in each stage's own currency: bytes, then a payload, then a frame.
+# Every stage passes it on untouched; the surface's encoder turns it into a
+# keep-alive its client understands (an SSE comment, Anthropic's ``ping``).
+#: the marker among upstream byte chunks.
+SILENT_CHUNK: bytes = bytes(bytearray(b"\0silence"))
+#: the marker among decoded payloads.
+SILENT_PAYLOAD: dict[str, Any] = {}
+#: the marker among frames; never mutated.
+HEARTBEAT: Frame = Frame()
 
 
 @dataclass(slots=True)

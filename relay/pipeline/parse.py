@@ -28,7 +28,7 @@ from ..errors import StreamLimitExceeded
 from ..jsonio import loads
 from ..sse import LineTooLong, SseDecoder
 from ._util import close_source, stage
-from .frames import StreamStats
+from .frames import SILENT_CHUNK, SILENT_PAYLOAD, StreamStats
 
 __all__ = ["parse_payloads"]
 
@@ -55,6 +55,9 @@ async def parse_payloads(chunks: AsyncIterable[bytes], max_line_bytes: int,
         try:
             while True:
                 chunk = await anext(source, None)
+                if chunk is SILENT_CHUNK:
+                    yield SILENT_PAYLOAD
+                    continue
                 if sniffing and chunk:
                     start = len(chunk) - len(chunk.lstrip(_JSON_SPACE))
                     sniffing = start == len(chunk)  # whitespace only: the decoder skips it too
@@ -106,6 +109,8 @@ async def _read_rest(body: bytearray, source: AsyncIterator[bytes], max_bytes: i
         chunk = await anext(source, None)
         if chunk is None:
             return
+        if chunk is SILENT_CHUNK:
+            continue  # a whole body is not streamed to the client: nothing to keep alive
         body += chunk
         del chunk
 

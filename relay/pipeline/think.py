@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 
 from ._util import close_source, stage
-from .frames import Frame
+from .frames import HEARTBEAT, Frame
 
 __all__ = ["THINK_CLOSE", "THINK_OPEN", "ThinkSplitter", "drop_reasoning", "reasoning_as_content", "split_think"]
 
@@ -87,6 +87,9 @@ async def split_think(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
     splitter = ThinkSplitter()
     try:
         async for frame in frames:
+            if frame is HEARTBEAT:
+                yield frame
+                continue
             if frame.content:
                 reasoning, frame.content = splitter.feed(frame.content)
                 frame.reasoning += reasoning
@@ -108,6 +111,9 @@ async def drop_reasoning(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
     """
     try:
         async for frame in frames:
+            if frame is HEARTBEAT:
+                yield frame
+                continue
             if frame.reasoning:
                 frame.reasoning = ""
                 if not (frame.content or frame.finish_reason or frame.usage or frame.extra):
@@ -123,6 +129,9 @@ async def reasoning_as_content(frames: AsyncIterable[Frame]) -> AsyncIterator[Fr
     thinking = False
     try:
         async for frame in frames:
+            if frame is HEARTBEAT:
+                yield frame
+                continue
             text = ""
             if frame.reasoning:
                 text = frame.reasoning if thinking else THINK_OPEN + frame.reasoning

@@ -49,18 +49,21 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UpstreamProtocolError
 from ._util import close_source, stage
-from .frames import Frame, ToolCall
+from .frames import HEARTBEAT, Frame, ToolCall
 from .think import _held_suffix
 
 __all__ = [
     "MAX_BLOCK_CHARS",
+    "MISSING_CALL",
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "ToolCall",
     "ToolCallParser",
     "ToolSpec",
     "extract_tool_calls",
+    "require_tool_call",
     "tool_calls_json",
     "tool_specs",
 ]
@@ -396,6 +399,9 @@ async def extract_tool_calls(frames: AsyncIterable[Frame], tools: Mapping[str, T
     finish: str | None = None
     try:
         async for frame in frames:
+            if frame is HEARTBEAT:
+                yield frame
+                continue
             items = parser.feed(frame.content) if frame.content else []
             if frame.finish_reason is not None:
                 items += parser.flush()
@@ -436,3 +442,26 @@ def _split(frame: Frame, items: list[str | ToolCall]) -> list[Frame]:
     frames[0].reasoning, frames[0].extra = frame.reasoning, frame.extra
     frames[-1].finish_reason, frames[-1].usage = frame.finish_reason, frame.usage
     return frames
+
+
+MISSING_CALL = ("tool_choice required a tool call, but the model answered without one "
+                "(the non-stream path retries once).")
+
+
+@stage
+async def require_tool_call(frames: AsyncIterable[Frame]) -> AsyncIterator[Frame]:
+    """tool_choice required a call: a stream that ends without one ends with an error.
+
+    A stream cannot be retried once bytes went out, so the client is told plainly.
+    """
+    called = False
+    try:
+        async for frame in frames:
+            called = called or bool(frame.tool_calls)
+            if frame.finish_reason is not None and not called:
+                raise UpstreamProtocolError(MISSING_CALL, code="tool_call_missing")
+            yield frame
+    finally:
+        await close_source(frames)
+    if not called:
+        raise UpstreamProtocolError(MISSING_CALL, code="tool_call_missing")

@@ -30,9 +30,10 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from ..config import Config
-from ..dialects import ChatOptions, Completion
+from ..dialects import ChatOptions
 from ..errors import InvalidRequest, UpstreamProtocolError
 from ..openai_wire import ChatRequest
+from ..pipeline.aggregate import Aggregate
 from .batching import ItemTooLarge, plan_batches
 from .cache import ItemCache, item_key
 from .languages import Language
@@ -41,7 +42,7 @@ from .prompt import build_prompt, item_bytes, prompt_bytes, read_answer, suspect
 __all__ = ["UPSTREAM_ENVELOPE_BYTES", "Exchange", "TranslateLimits", "TranslationStats", "translate_texts"]
 
 #: one non-stream chat completion (the gate, token and retry rules included).
-Exchange = Callable[[ChatRequest, ChatOptions], Awaitable[Completion]]
+Exchange = Callable[[ChatRequest, ChatOptions], Awaitable[Aggregate]]
 #: the upstream body around the prompt (ids, feature_config, model names): ~800 bytes on
 #: qwen-v2 today; 2 KB leaves room for the next field the web app adds.
 UPSTREAM_ENVELOPE_BYTES = 2048

@@ -24,6 +24,7 @@ from ..errors import (
 )
 from ..jsonio import loads
 from ..pipeline._util import stage
+from ..pipeline.frames import SILENT_CHUNK
 from .recording import Capture
 
 __all__ = ["UpstreamResponse", "content_type_of"]
@@ -75,8 +76,7 @@ class UpstreamResponse:
         return content_type_of(self._response)
 
     @stage
-    async def iter_bytes(self, on_silence: Callable[[], Awaitable[None]] | None = None,
-                         silence_s: float = 15.0,
+    async def iter_bytes(self, silence_s: float | None = None,
                          before_wait: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives, with transport faults mapped to ``Upstream*``.
 
@@ -84,10 +84,10 @@ class UpstreamResponse:
         the network: the handler flushes the client output it has coalesced, so
         events that arrived together leave in one write, and none waits longer.
 
-        ``on_silence`` is awaited after each ``silence_s`` without upstream bytes
-        (the handler writes a keep-alive comment). It runs in the consumer's own
-        task while the read stays pending in a task of its own, which
-        ``asyncio.wait`` watches without cancelling it: no byte is lost.
+        With ``silence_s``, each ``silence_s`` without upstream bytes yields
+        ``SILENT_CHUNK``, which the chain carries down to the surface's encoder
+        (a keep-alive). The read stays pending in a task of its own meanwhile,
+        which ``asyncio.wait`` watches without cancelling it: no byte is lost.
         """
         content = self._response.content
         capture = self._capture
@@ -103,10 +103,17 @@ class UpstreamResponse:
                     return
                 if before_wait is not None:
                     await before_wait()
-                if on_silence is None:
+                if silence_s is None:
                     chunk = await content.readany()
                 else:
-                    chunk = await _read_waking(content, on_silence, silence_s)
+                    read = asyncio.ensure_future(content.readany())
+                    try:
+                        while not (await asyncio.wait((read,), timeout=silence_s))[0]:
+                            yield SILENT_CHUNK
+                    finally:
+                        if not read.done():  # the consumer left: nobody will take these bytes
+                            read.cancel()
+                    chunk = read.result()
                 if not chunk:
                     return
                 if capture is not None:  # [record]
@@ -145,18 +152,3 @@ class UpstreamResponse:
         if isinstance(exc, TimeoutError):  # aiohttp's sock_read: ServerTimeoutError is one
             return UpstreamTimeout(f"The upstream was silent for more than {self._timeout_s:g} s (--timeout).")
         return UpstreamInterrupted("The upstream connection broke in the middle of the answer.")
-
-
-async def _read_waking(content: aiohttp.StreamReader, on_silence: Callable[[], Awaitable[None]],
-                       silence_s: float) -> bytes:
-    """``content.readany()``, with ``on_silence`` awaited after each ``silence_s`` it is still pending."""
-    read = asyncio.ensure_future(content.readany())
-    try:
-        while True:
-            done, _ = await asyncio.wait((read,), timeout=silence_s)
-            if done:
-                return read.result()
-            await on_silence()
-    finally:
-        if not read.done():  # the consumer left (or on_silence failed): nobody will take these bytes
-            read.cancel()

@@ -37,8 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.dialects import get_dialect
+from relay.errors import RelayError
 from relay.openai_wire import estimate_usage
-from relay.pipeline import SseEncoder, StreamStats, encode_sse, upstream_payloads
+from relay.pipeline import StreamStats, encode, upstream_payloads
+from relay.surfaces.openai_chat import ChatChunkEncoder
 from tests.strategies import chunkings, sse_texts
 
 #: the relay's default --max-line-bytes; well-formed streams stay far below it.
@@ -51,8 +53,12 @@ FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 
 
 async def run_pipeline(chunks: list[bytes], *, max_line_bytes: int = MAX_LINE_BYTES,
-                       include_usage: bool = False) -> bytes:
-    """Feed ``chunks`` (one per upstream read) through the chain; return the client's bytes."""
+                       include_usage: bool = False) -> bytes | dict[str, Any]:
+    """Feed ``chunks`` (one per upstream read) through the chain; return the client's bytes.
+
+    A fault before the stream started is raised by the chain, and the client gets a
+    status answer instead: its JSON envelope is returned then.
+    """
     async def body() -> AsyncIterator[bytes]:
         for chunk in chunks:
             if chunk:  # UpstreamResponse.iter_bytes never yields an empty read
@@ -60,14 +66,21 @@ async def run_pipeline(chunks: list[bytes], *, max_line_bytes: int = MAX_LINE_BY
 
     stats = StreamStats()
     frames = get_dialect("qwen-v1").stream_frames(upstream_payloads(body(), max_line_bytes, stats), stats)
-    encoder = SseEncoder(completion_id="chatcmpl-fuzz", created=1700000000, model="qwen-max-latest",
-                         include_usage=include_usage, stats=stats)
+    encoder = ChatChunkEncoder(completion_id="chatcmpl-fuzz", created=1700000000, model="qwen-max-latest",
+                               include_usage=include_usage)
 
     def usage_estimate(chars: int) -> dict[str, Any]:
         return estimate_usage([{"role": "user", "content": "fuzz"}], chars)
 
-    async with aclosing(encode_sse(frames, encoder, usage_estimate)) as stream:
-        return b"".join([data async for data in stream])
+    async with aclosing(encode(frames, encoder, stats, usage_estimate)) as stream:
+        out: list[bytes] = []
+        try:
+            async for data in stream:
+                out.append(data)
+        except RelayError as exc:
+            assert not out, "an error after the stream started must be an event, not raised"
+            return exc.envelope()
+        return b"".join(out)
 
 
 def _reject_constant(name: str) -> Any:
@@ -81,8 +94,11 @@ class Delivered:
     error: dict[str, Any] | None
 
 
-def check_output(raw: bytes) -> Delivered:
+def check_output(raw: bytes | dict[str, Any]) -> Delivered:
     """Assert every wire invariant of an OpenAI stream; return what the client got."""
+    if isinstance(raw, dict):  # a status answer: nothing was streamed
+        assert set(raw["error"]) == ENVELOPE_KEYS
+        return Delivered(content="", reasoning="", error=raw["error"])
     text = raw.decode("utf-8")  # strict: the relay must never send invalid UTF-8
     assert text.endswith("\n\n"), text[-200:]
     blocks = text[:-2].split("\n\n")

@@ -22,12 +22,16 @@ from relay.errors import (
     AuthenticationFailed,
     RelayError,
     StreamLimitExceeded,
+    UpstreamProtocolError,
     UpstreamRateLimited,
     UpstreamTimeout,
 )
 from relay.openai_wire import estimate_usage
-from relay.pipeline import Frame, SseEncoder, StreamStats, ToolCall, encode_sse
+from relay.pipeline import Frame, StreamStats, ToolCall
+from relay.pipeline import encode as encode_stage
+from relay.pipeline.frames import HEARTBEAT
 from relay.sse import DONE_EVENT, SseDecoder
+from relay.surfaces.openai_chat import ChatChunkEncoder
 from tests.strategies import sse_texts, text_pieces
 
 MODEL = "qwen-max-latest"
@@ -45,13 +49,13 @@ def usage_estimate(chars: int) -> dict[str, Any]:
     return estimate_usage([{"role": "user", "content": "hi"}], chars)
 
 
-async def encode(source: AsyncIterator[Frame], *, include_usage: bool = False, first: Frame | None = None,
+async def encode(source: AsyncIterator[Frame], *, include_usage: bool = False,
                  model: str = MODEL, completion_id: str = "chatcmpl-1") -> tuple[list[bytes], list[Any]]:
-    """Run encode_sse; return the yielded byte chunks and the decoded event data
-    (JSON objects, or the string ``[DONE]``), checking the SSE framing on the way."""
-    encoder = SseEncoder(completion_id=completion_id, created=1700000000, model=model,
-                         include_usage=include_usage, stats=StreamStats())
-    writes = [chunk async for chunk in encode_sse(source, encoder, usage_estimate, first=first)]
+    """Run the encode stage with the chat encoder; return the yielded byte chunks and the
+    decoded event data (JSON objects, or the string ``[DONE]``), checking the SSE framing."""
+    encoder = ChatChunkEncoder(completion_id=completion_id, created=1700000000, model=model,
+                               include_usage=include_usage)
+    writes = [chunk async for chunk in encode_stage(source, encoder, StreamStats(), usage_estimate)]
     raw = b"".join(writes)
     assert all(writes), "no empty write"
     assert raw.endswith(b"\n\n")
@@ -168,28 +172,50 @@ async def test_error_mid_stream_becomes_one_error_event_then_done(error: RelayEr
     assert choices(data)[1]["delta"] == {"content": "partial"}
 
 
-async def test_error_before_any_frame_still_sends_role_chunk_error_and_done() -> None:
-    """Failing on the first read: role chunk, error event, [DONE]."""
-    writes, data = await encode(frames_of(error=UpstreamTimeout("silent")))
-    check_done_once_and_last(writes, data)
-    assert len(data) == 3
-    assert data[0]["choices"][0]["delta"] == ROLE_DELTA
-    assert data[1]["error"]["code"] == "upstream_timeout"
+async def test_error_before_any_frame_is_raised_for_a_status_answer() -> None:
+    """Failing on the first read: nothing was sent, so the error leaves the stage
+    (the handler answers with its status, or tries again)."""
+    stream = encode_stage(frames_of(error=UpstreamTimeout("silent")),
+                          ChatChunkEncoder(completion_id="c", created=0, model=MODEL, include_usage=False),
+                          StreamStats(), usage_estimate)
+    with pytest.raises(UpstreamTimeout):
+        await anext(stream)
+
+
+async def test_a_heartbeat_starts_the_stream_so_a_later_error_is_an_event() -> None:
+    """A keep-alive commits the response: role chunk and comment, then the error event and [DONE]."""
+    writes = [chunk async for chunk in encode_stage(
+        frames_of(HEARTBEAT, error=UpstreamTimeout("silent")),
+        ChatChunkEncoder(completion_id="c", created=0, model=MODEL, include_usage=False),
+        StreamStats(), usage_estimate)]
+    assert writes[0].endswith(b": keep-alive\n\n")
+    events = SseDecoder(1 << 20).feed(b"".join(writes))
+    assert json.loads(events[0].data)["choices"][0]["delta"] == ROLE_DELTA
+    assert json.loads(events[1].data)["error"]["code"] == "upstream_timeout"
+    assert events[2].data == "[DONE]" and len(events) == 3
 
 
 @pytest.mark.parametrize("frames", [
     [],
     [Frame(content="")],
     [Frame(finish_reason="stop")],
-    [Frame(extra={"name": "web_search"})],
-], ids=["nothing", "empty_text", "finish_only", "extra_only"])
-async def test_stream_without_answer_text_ends_with_empty_answer_error(frames: list[Frame]) -> None:
-    """No text at all is an error event (``upstream_empty_answer``), not a
-    successful empty answer, and then [DONE]."""
-    writes, data = await encode(frames_of(*frames))
+    [Frame(usage={"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1})],
+], ids=["nothing", "empty_text", "finish_only", "usage_only"])
+async def test_stream_without_answer_text_raises_empty_answer(frames: list[Frame]) -> None:
+    """No text at all is ``upstream_empty_answer``, raised before anything was sent."""
+    stream = encode_stage(frames_of(*frames),
+                          ChatChunkEncoder(completion_id="c", created=0, model=MODEL, include_usage=False),
+                          StreamStats(), usage_estimate)
+    with pytest.raises(UpstreamProtocolError) as raised:
+        await anext(stream)
+    assert raised.value.envelope()["error"]["code"] == "upstream_empty_answer"
+
+
+async def test_started_stream_without_answer_text_ends_with_empty_answer_event() -> None:
+    """An unknown-field frame starts the stream; no text after it is an error event, then [DONE]."""
+    writes, data = await encode(frames_of(Frame(extra={"name": "web_search"})))
     check_done_once_and_last(writes, data)
     assert data[-2]["error"]["code"] == "upstream_empty_answer"
-    assert data[-2]["error"]["type"] == "upstream_error"
     assert all(c["finish_reason"] is None for c in choices(data))
 
 
@@ -207,24 +233,24 @@ async def test_reasoning_only_answer_is_not_empty() -> None:
 
 
 async def test_first_frame_is_emitted_first_in_the_first_write() -> None:
-    """``first=`` (read by the handler to pick the status) comes right after the
-    role chunk, in the same first write, before the source's frames."""
-    writes, data = await encode(frames_of(Frame(content="B")), first=Frame(content="A"))
+    """The first frame comes right after the role chunk, in the same first write
+    (the write that commits the response)."""
+    writes, data = await encode(frames_of(Frame(content="A"), Frame(content="B")))
     first_write = SseDecoder(1 << 20).feed(writes[0])
     assert [json.loads(e.data)["choices"][0]["delta"] for e in first_write] == [ROLE_DELTA, {"content": "A"}]
     assert [c["delta"].get("content") for c in choices(data)[1:-1]] == ["A", "B"]
 
 
 async def test_first_frame_metadata_is_kept() -> None:
-    """finish_reason and usage of ``first=`` reach the closing chunks."""
+    """finish_reason and usage of the first frame reach the closing chunks."""
     usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    _, data = await encode(frames_of(), first=Frame(content="A", finish_reason="length", usage=usage),
+    _, data = await encode(frames_of(Frame(content="A", finish_reason="length", usage=usage)),
                            include_usage=True)
     assert data[-3]["choices"][0]["finish_reason"] == "length"
     assert data[-2]["usage"] == usage
 
 
-async def test_encode_sse_closes_its_source_on_early_close() -> None:
+async def test_encode_closes_its_source_on_early_close() -> None:
     """The client going away closes the frame source (and so the upstream)."""
     closed: list[bool] = []
 
@@ -235,8 +261,8 @@ async def test_encode_sse_closes_its_source_on_early_close() -> None:
         finally:
             closed.append(True)
 
-    encoder = SseEncoder(completion_id="c", created=0, model=MODEL, include_usage=False, stats=StreamStats())
-    stream = encode_sse(source(), encoder, usage_estimate)
+    encoder = ChatChunkEncoder(completion_id="c", created=0, model=MODEL, include_usage=False)
+    stream = encode_stage(source(), encoder, StreamStats(), usage_estimate)
     await anext(stream)
     await anext(stream)
     assert isinstance(stream, AsyncGenerator)
@@ -246,9 +272,10 @@ async def test_encode_sse_closes_its_source_on_early_close() -> None:
 
 async def test_stats_count_characters_sent() -> None:
     """content_chars / reasoning_chars count characters, not bytes."""
-    encoder = SseEncoder(completion_id="c", created=0, model=MODEL, include_usage=False, stats=StreamStats())
-    _ = [c async for c in encode_sse(frames_of(Frame(content="😀é", reasoning="ab")), encoder, usage_estimate)]
-    assert (encoder.stats.content_chars, encoder.stats.reasoning_chars) == (2, 2)
+    encoder = ChatChunkEncoder(completion_id="c", created=0, model=MODEL, include_usage=False)
+    stats = StreamStats()
+    _ = [c async for c in encode_stage(frames_of(Frame(content="😀é", reasoning="ab")), encoder, stats, usage_estimate)]
+    assert (stats.content_chars, stats.reasoning_chars) == (2, 2)
 
 
 @settings(max_examples=150)
@@ -335,7 +362,7 @@ async def test_text_then_calls_keep_their_order_within_a_frame() -> None:
 
 
 async def test_first_frame_may_be_a_tool_call() -> None:
-    _, data = await encode(frames_of(), first=Frame(tool_calls=[CALL_A], finish_reason="tool_calls"))
+    _, data = await encode(frames_of(Frame(tool_calls=[CALL_A], finish_reason="tool_calls")))
     assert len(tool_call_deltas(data)) == 1 and choices(data)[-1]["finish_reason"] == "tool_calls"
 
 
@@ -346,9 +373,10 @@ async def test_stats_count_tool_calls_and_usage_estimate_includes_them() -> None
         estimated.append(chars)
         return usage_estimate(chars)
 
-    encoder = SseEncoder(completion_id="c", created=0, model=MODEL, include_usage=True, stats=StreamStats())
-    _ = [c async for c in encode_sse(frames_of(Frame(content="ab", tool_calls=[CALL_A, CALL_B])), encoder, estimate)]
-    stats = encoder.stats
+    encoder = ChatChunkEncoder(completion_id="c", created=0, model=MODEL, include_usage=True)
+    stats = StreamStats()
+    frames = frames_of(Frame(content="ab", tool_calls=[CALL_A, CALL_B]))
+    _ = [c async for c in encode_stage(frames, encoder, stats, estimate)]
     assert (stats.tool_calls, stats.content_chars) == (2, 2)
     assert stats.tool_call_chars == sum(len(c.name) + len(c.arguments) for c in (CALL_A, CALL_B))
     assert estimated == [2 + stats.tool_call_chars]
