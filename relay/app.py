@@ -18,7 +18,7 @@ from .deadline import Deadlines
 from .dialects import get_dialect
 from .dialects.v2_errors import refusal as v2_refusal
 from .dialects.web_headers import WebHeaders
-from .handlers import health, models, translate
+from .handlers import anthropic, health, models, translate
 from .handlers.serve import serve
 from .keys import (
     CALLS,
@@ -48,6 +48,10 @@ from .upstream import Egress, UpstreamClient
 from .upstream.recording import Recorder
 
 __all__ = ["make_app"]
+
+#: routes whose errors are not in OpenAI's envelope: each surface's own, and Anthropic's count_tokens.
+_ERROR_ENVELOPES = {path: surface.error_response for path, surface in SURFACES.items()}
+_ERROR_ENVELOPES["/v1/messages/count_tokens"] = SURFACES["/v1/messages"].error_response
 
 _log = logging.getLogger("relay.error")
 
@@ -84,6 +88,9 @@ def make_app(config: Config) -> web.Application:
         "/v1/models": {"GET": models.list_models, "OPTIONS": preflight},
         # The API surfaces (relay/surfaces): one handler, each surface its own wire and envelope.
         **{path: {"POST": serve(surface), "OPTIONS": preflight} for path, surface in SURFACES.items()},
+        "/v1/messages/count_tokens": {"POST": anthropic.count_tokens, "OPTIONS": preflight},
+        # Clients that probe the base URL (Claude Code: HEAD /).
+        "/": {"GET": anthropic.root, "HEAD": anthropic.root},
         # Translation plugins' own APIs (DeepLX, Immersive's and Kiss's custom APIs): handlers/translate.py.
         "/translate": {"POST": translate.deeplx, "OPTIONS": preflight},
         "/imme": {"POST": translate.immersive, "OPTIONS": preflight},
@@ -92,7 +99,7 @@ def make_app(config: Config) -> web.Application:
     on_request = BusyPoll(config.busy_poll_us / 1e6).activity if config.busy_poll_us else None
     for path, methods in routes.items():
         for method, handler in methods.items():
-            errors = SURFACES[path].error_response if path in SURFACES else None
+            errors = _ERROR_ENVELOPES.get(path)
             app.router.add_route(method, path, relay_route(handler, path, on_request, errors))
         # Any other method: a 405 envelope naming the allowed ones (aiohttp's own is plain text).
         app.router.add_route("*", path, relay_route(method_not_allowed(",".join(sorted(methods))), path))

@@ -103,6 +103,10 @@ def zone(name: str) -> tzinfo:
         raise ValueError(name) from exc
 
 
+#: without a ``[surfaces.anthropic.models]`` table, Claude Code's ids go to Qwen's coding model.
+DEFAULT_ANTHROPIC_MODELS: tuple[tuple[str, str], ...] = (("claude-*", "qwen3-coder-plus"),)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
@@ -171,6 +175,8 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     #: ``[operator]``: passthrough (default), or relay keys over a pool of Qwen tokens.
     operator: OperatorConfig = field(default_factory=OperatorConfig)
+    #: ``[surfaces.anthropic.models]``: client model id globs → Qwen ids, first match in file order.
+    anthropic_models: tuple[tuple[str, str], ...] = DEFAULT_ANTHROPIC_MODELS
     #: the ``--config`` file, re-read for ``[operator]`` on SIGHUP.
     config_file: str | None = None
     #: worker processes sharing one listening socket; 1 = no supervisor (one core, as before).

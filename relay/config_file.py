@@ -21,6 +21,10 @@ start with the line and the field, never half-applied.
     "bx-v" = "2.5.36"
     "User-Agent" = "Mozilla/5.0 …"
 
+    [surfaces.anthropic.models]        # /v1/messages: client model id globs → Qwen ids,
+    "claude-*haiku*" = "qwen3-coder-flash"  # first match in file order (default: "claude-*" =
+    "claude-*" = "qwen3-coder-plus"         # "qwen3-coder-plus"); other ids pass through as they are
+
 The ``[operator]`` tables (relay keys, the Qwen token pool, the mode) are
 parsed by ``relay.operator.config``; see its docstring and the README.
 """
@@ -58,6 +62,8 @@ class ConfigFile:
     ca_file: str | None = None
     #: None when the file has no ``[operator]`` table.
     operator: OperatorConfig | None = None
+    #: ``[surfaces.anthropic.models]``; None when the file has none (the default table applies).
+    anthropic_models: tuple[tuple[str, str], ...] | None = None
 
 
 def _line_of(text: str, key: str) -> str:
@@ -103,10 +109,10 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
     def line_in_key(index: int, name: str) -> str:
         return _line_in_array_table(text, "operator.keys", index, name)
 
-    unknown_tables = set(data) - {"relay", "upstream", "operator"}
+    unknown_tables = set(data) - {"relay", "upstream", "operator", "surfaces"}
     if unknown_tables:
         name = min(unknown_tables)
-        raise fail(name, "unknown table (expected [relay], [upstream] and [operator])")
+        raise fail(name, "unknown table (expected [relay], [upstream], [operator] and [surfaces])")
     settings: dict[str, Any] = {}
     relay = data.get("relay", {})
     if not isinstance(relay, dict):
@@ -149,7 +155,27 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
             raise fail(f"upstream.{key}", "unknown setting (expected headers, cookies, timezone, user_agent, "
                                           "bearer or ca_file)")
     operator = parse_operator(data["operator"], fail, line_in_key) if "operator" in data else None
-    return ConfigFile(settings=settings, headers=tuple(headers), web=web, ca_file=ca_file, operator=operator)
+    anthropic_models = _anthropic_models(data["surfaces"], fail) if "surfaces" in data else None
+    return ConfigFile(settings=settings, headers=tuple(headers), web=web, ca_file=ca_file, operator=operator,
+                      anthropic_models=anthropic_models)
+
+
+def _anthropic_models(surfaces: Any, fail: Any) -> tuple[tuple[str, str], ...] | None:
+    """``[surfaces.anthropic.models]``: ``"glob" = "qwen-id"`` pairs, in file order."""
+    if not isinstance(surfaces, dict) or set(surfaces) - {"anthropic"}:
+        raise fail("surfaces", "only [surfaces.anthropic.models] is known")
+    anthropic = surfaces.get("anthropic", {})
+    if not isinstance(anthropic, dict) or set(anthropic) - {"models"}:
+        raise fail("surfaces.anthropic", "only the models table is known")
+    if "models" not in anthropic:
+        return None
+    models = anthropic["models"]
+    if not isinstance(models, dict):
+        raise fail("surfaces.anthropic.models", 'must be a table of "glob" = "qwen model id"')
+    for pattern, qwen_id in models.items():
+        if not isinstance(qwen_id, str) or not qwen_id.strip():
+            raise fail(f"surfaces.anthropic.models.{pattern}", "must be a Qwen model id (a string)")
+    return tuple(models.items())
 
 
 def _header(fail: Any, name: str, value: Any, key: str | None = None) -> tuple[str, str]:

@@ -13,6 +13,7 @@ envelope), and one line in ``SURFACES``. ``handlers.serve`` does the rest.
 
 from __future__ import annotations
 
+from .anthropic import ANTHROPIC
 from .base import Surface, Turn
 from .openai_chat import OPENAI_CHAT
 
@@ -21,4 +22,5 @@ __all__ = ["SURFACES", "Surface", "Turn"]
 #: route path → surface; relay.app serves each with ``handlers.serve``.
 SURFACES: dict[str, Surface] = {
     "/v1/chat/completions": OPENAI_CHAT,
+    "/v1/messages": ANTHROPIC,
 }
