@@ -24,6 +24,7 @@ import asyncio
 import logging
 import ssl
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -242,6 +243,7 @@ class UpstreamClient:
                 _log.warning("upstream_retry", extra={"fields": {
                     "attempt": attempt, "reason": reason, "delay_s": round(delay, 3)}})
                 await asyncio.sleep(delay)
+                call.headers = _renewed_request_id(call.headers)
                 continue
             except RelayError as error:
                 self._metrics.count_upstream_error(error.instance_code or error.code or "error")
@@ -338,6 +340,14 @@ class UpstreamClient:
         if refusal.retryable:
             raise _Retryable(refusal.error, refusal.retry_after_s)
         raise refusal.error
+
+
+def _renewed_request_id(headers: Headers) -> Headers:
+    """The headers of another attempt: a request id (``x-request-id``) names one request, not a retry.
+
+    Qwen Chat treats a request id it has seen before as a replay (risk control).
+    """
+    return [(name, str(uuid.uuid4()) if name.lower() == "x-request-id" else value) for name, value in headers]
 
 
 @dataclass(slots=True)

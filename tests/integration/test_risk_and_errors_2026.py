@@ -240,3 +240,18 @@ async def test_body_just_under_the_limit_is_sent_and_answered(
     (completion,) = calls(emulator, "POST", COMPLETIONS)
     assert completion.rejected is None
     assert 110_000 < int(completion.headers["content-length"]) <= 120_000
+
+
+async def test_a_transport_retry_sends_a_fresh_request_id(relay_factory: RelayFactory,
+                                                          emulator: RunningEmulator) -> None:
+    """A 5xx before the head is retried as a new request: Qwen Chat (and the strict emulator) take a
+    request id seen before for a replay and answer risk control, which would rest the token."""
+    relay = await relay_factory(**v2(retries=3))
+    text = directive(reply="after a 500", fault="http_500", fail_times=1, key="fresh-request-id")
+    async with aiohttp.ClientSession() as session:
+        answer = await post_json(session, relay, chat_body(text=text))
+    assert answer.status == 200, answer.body
+    attempts = calls(emulator, "POST", COMPLETIONS)
+    assert len(attempts) == 2
+    ids = [record.headers.get("x-request-id") for record in attempts]
+    assert None not in ids and ids[0] != ids[1]
