@@ -8,16 +8,15 @@ handler builds a header or knows a path.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from .accounts.credential import Credential
 from .config import Config
-from .dialects import Dialect, SendJson, UpstreamCall
+from .dialects import Dialect, UpstreamCall
 from .upstream import UpstreamClient
 from .upstream.client import BackgroundRequest, Exchange
 
-__all__ = ["Calls"]
+__all__ = ["Calls", "Sender"]
 
 
 class Calls:
@@ -43,12 +42,9 @@ class Calls:
         return await self.client.send_json(call.method, call.path, self._headers.for_call(call, credential),
                                            call.body, proxy=credential.proxy, on_cookies=credential.take_cookies)
 
-    def sender(self, credential: Credential) -> SendJson:
+    def sender(self, credential: Credential) -> Sender:
         """``send_json`` with the credential bound: what a dialect's ``prepare`` gets."""
-        return partial(self._send_with, credential)
-
-    async def _send_with(self, credential: Credential, call: UpstreamCall) -> Any:
-        return await self.send_json(call, credential)
+        return Sender(self, credential)
 
     def send_in_background(self, credential: Credential, *calls: tuple[UpstreamCall | None, str]) -> None:
         """Fire ``(call, event)`` pairs in order without waiting (a stop, then a delete); None calls skipped."""
@@ -56,3 +52,21 @@ class Calls:
             BackgroundRequest(call.method, call.path, self._headers.for_call(call, credential), call.body, event,
                               proxy=credential.proxy, on_cookies=credential.take_cookies)
             for call, event in calls if call is not None])
+
+
+class Sender:
+    """A ``SendJson`` bound to one credential, which it also names.
+
+    A dialect's ``prepare`` sends through it; qwen-v2 also needs the credential
+    itself to upload a request's images (its egress, and the account an upload
+    is cached for: ``relay/images``).
+    """
+
+    __slots__ = ("_calls", "credential")
+
+    def __init__(self, calls: Calls, credential: Credential) -> None:
+        self._calls = calls
+        self.credential = credential
+
+    async def __call__(self, call: UpstreamCall) -> Any:
+        return await self._calls.send_json(call, self.credential)

@@ -9,6 +9,11 @@ after the answer ``delete_call`` removes the chat, so the account does not fill 
 
 Bodies are the 2026 web app's, field for field (§7.3); no client field is
 forwarded: sampling knobs the web app never sends are what a validator rejects.
+
+Images (issue 20, QWEN_IMAGES.md): a request's ``image_url`` parts are uploaded
+with its own credential and sent as ``files[]`` items beside the text
+(``relay.images``); ``prepare_image`` builds the ``t2i`` / ``image_edit`` chats of
+``/v1/images/*``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any
 from urllib.parse import quote
 
 from ..config import DEFAULT_MAX_UPSTREAM_BODY_BYTES, Config
-from ..errors import InvalidRequest, UpstreamProtocolError
+from ..errors import InvalidRequest, UnsupportedImage, UpstreamProtocolError
+from ..images.sources import ImageSource
+from ..images.vision import ImageInput, has_image_parts, split_images
 from ..jsonio import dumps
 from ..openai_wire import ChatRequest
 from ..pipeline.frames import Frame, StreamStats
@@ -70,8 +77,12 @@ class QwenV2:
     chats_path = "/api/v2/chats/"
     refusal = staticmethod(refusal)
 
-    def __init__(self, max_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES) -> None:
+    def __init__(self, max_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES,
+                 images: ImageInput | None = None) -> None:
         self._max_body_bytes = max_body_bytes
+        #: uploads a request's images (``relay.images.Uploads``); set by the app once its
+        #: egress exists. None: a request with an image gets 400 ``unsupported_image``.
+        self.images = images
 
     def header_set(self, origin: str, config: Config) -> WebHeaders:
         return WebHeaders(origin, config)
@@ -80,22 +91,72 @@ class QwenV2:
         return UpstreamCall(self.models_path, None, method="GET", kind="models")
 
     async def prepare(self, request: ChatRequest, options: ChatOptions, send_json: SendJson) -> UpstreamCall:
-        """Create the chat and build its completion, refusing (400) a body the service would punish."""
+        """Create the chat and build its completion, refusing (400) a body the service would punish.
+
+        Images in the conversation are uploaded first, with the request's own
+        credential (``send_json`` names it), and referenced in ``files[]``
+        (QWEN_IMAGES.md §1.5): before the chat exists, so a refused upload leaves
+        no chat behind.
+        """
         model = options.upstream_model
         chat_type = "search" if options.search else "t2t"
+        messages: list[dict[str, Any]] = request.messages
+        sources: list[ImageSource] = []
+        if has_image_parts(messages):
+            messages, sources = split_images(messages, self.images.upstream_origin if self.images else None)
+        body = self._completion_body(model, chat_type, fold_messages(messages), feature_config(options))
+        self._check_size(body)
+        if sources:
+            if self.images is None:
+                raise UnsupportedImage("This relay cannot upload images (no image uploader is set up).",
+                                       param="messages")
+            body["messages"][0]["files"] = await self.images.files_for(sources, send_json)
+            self._check_size(body)
+        chat_id = await self._new_chat(model, chat_type, send_json)
+        return self._completion_call(body, chat_id)
+
+    async def prepare_image(self, *, prompt: str, model: str, chat_type: str, ratio: str | None,
+                            files: list[dict[str, Any]], send_json: SendJson) -> UpstreamCall:
+        """Create a ``t2i`` or ``image_edit`` chat and build its completion (QWEN_IMAGES.md §2.1, §2.2).
+
+        The chat's type is set at creation (the web app's "capability is a chat
+        attribute"), and repeated in ``chat_type``, ``sub_chat_type`` and
+        ``extra.meta.subChatType``; the aspect ratio goes in ``extra.meta.size``
+        and the top-level ``size``. Thinking off: a picture gains nothing from it.
+        """
+        gear = {**_FAST, "output_schema": "phase", "research_mode": "normal", "auto_search": False}
+        body = self._completion_body(model, chat_type, prompt, gear)
+        message = body["messages"][0]
+        message["files"] = files
+        if ratio is not None:
+            body["size"] = ratio
+            message["extra"]["meta"]["size"] = ratio
+        self._check_size(body)
+        chat_id = await self._new_chat(model, chat_type, send_json)
+        return self._completion_call(body, chat_id)
+
+    def chat_call(self, chat_id: str) -> UpstreamCall:
+        """``GET /api/v2/chats/<id>``: the chat as stored (where a generated image's URL also lands)."""
+        return UpstreamCall(self.chats_path + quote(chat_id, safe=""), None, method="GET", chat_id=chat_id,
+                            kind="chat")
+
+    def _completion_body(self, model: str, chat_type: str, content: str,
+                         features: dict[str, Any]) -> dict[str, Any]:
         now = int(time.time())
         message = {
             "id": None, "fid": str(uuid.uuid4()), "parentId": None, "childrenIds": [str(uuid.uuid4())],
-            "role": "user", "content": fold_messages(request.messages), "user_action": "chat", "files": [],
+            "role": "user", "content": content, "user_action": "chat", "files": [],
             "timestamp": now, "models": [model], "model": model, "chat_type": chat_type,
             "sub_chat_type": chat_type, "extra": {"meta": {"subChatType": chat_type}},
-            "feature_config": feature_config(options),
+            "feature_config": features,
         }
-        body: dict[str, Any] = {
+        return {
             "stream": True, "version": "2.1", "incremental_output": True, "chat_id": _PLACEHOLDER_CHAT_ID,
             "chatId": _PLACEHOLDER_CHAT_ID, "parentId": "", "parent_id": None, "chat_mode": "normal",
             "model": model, "timestamp": now, "messages": [message],
         }
+
+    def _check_size(self, body: dict[str, Any]) -> None:
         size = len(dumps(body))
         if size > self._max_body_bytes:
             raise InvalidRequest(
@@ -103,6 +164,8 @@ class QwenV2:
                 f"{self._max_body_bytes} bytes (--max-upstream-body-bytes): above about 128 KB Qwen Chat "
                 "answers with risk control. Shorten or condense the conversation.",
                 param="messages", code="context_length_exceeded")
+
+    async def _new_chat(self, model: str, chat_type: str, send_json: SendJson) -> str:
         created = await send_json(UpstreamCall(self.new_chat_path, {
             "chatId": "", "models": [model], "project_id": "", "timestamp": int(time.time() * 1000),
             "chat_type": chat_type, "chat_mode": "normal",
@@ -112,6 +175,9 @@ class QwenV2:
         chat_id = data.get("id") if isinstance(data, dict) else None
         if not isinstance(chat_id, str) or not chat_id:
             raise UpstreamProtocolError("Qwen Chat created no chat (no data.id in its answer).")
+        return chat_id
+
+    def _completion_call(self, body: dict[str, Any], chat_id: str) -> UpstreamCall:
         body["chat_id"] = body["chatId"] = chat_id
         return UpstreamCall(f"{self.chat_path}?chat_id={quote(chat_id, safe='')}", body, stream=True,
                             chat_id=chat_id)

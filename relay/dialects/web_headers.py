@@ -32,9 +32,11 @@ __all__ = ["CALL_KINDS", "DEFAULT_USER_AGENT", "Headers", "LegacyHeaders", "WebH
            "js_date"]
 
 #: what an upstream call is for; decides its Referer and Accept.
-CALL_KINDS = ("models", "new_chat", "completion", "stop", "delete")
+#: ``upload``: ``files/getstsToken`` (QWEN_IMAGES.md §1.2, signed like chat writes);
+#: ``chat``: reading one chat back (``GET /api/v2/chats/<id>``).
+CALL_KINDS = ("models", "new_chat", "completion", "stop", "delete", "upload", "chat")
 #: the calls that write: they carry the login's bx-* bundle (§7.1).
-_WRITES = frozenset({"new_chat", "completion", "stop", "delete"})
+_WRITES = frozenset({"new_chat", "completion", "stop", "delete", "upload"})
 #: the web app's own origin: the auth host is asked on its behalf (§7.1).
 _WEB_APP_ORIGIN = "https://chat.qwen.ai"
 Headers = list[tuple[str, str]]
@@ -115,9 +117,9 @@ class WebHeaders:
     def for_call(self, call: UpstreamCall, credential: Credential) -> Headers:
         """Every header of ``call`` (its ``kind``: see ``CALL_KINDS``) made with ``credential``."""
         kind, chat_id = call.kind, call.chat_id
-        if kind == "new_chat":
+        if kind in ("new_chat", "upload"):  # images are attached on the new chat's page, before it exists
             referer = f"{self._origin}/c/new-chat"
-        elif chat_id and kind in ("completion", "stop", "delete"):
+        elif chat_id and kind in ("completion", "stop", "delete", "chat"):
             referer = f"{self._origin}/c/{chat_id}"
         else:
             referer = f"{self._origin}/"

@@ -7,7 +7,8 @@ relies on it. So ``Authorization: Bearer <t>`` is kept as ``Bearer sha256:<fp>``
 and any cookie whose name contains ``token`` (``token``, ``refresh_token``) as
 ``sha256:<fp>``, both in the cookie dict and in the raw ``cookie`` header: a test
 can still check that the Bearer and the cookie carry the same token. A sign-in
-body's ``password`` (a sha256 hex, but still the credential) is redacted alike.
+body's ``password`` (a sha256 hex, but still the credential) is redacted alike, and
+so is the STS ``x-oss-security-token`` header of a PUT to the OSS stand-in (``oss.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def capture_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
             value = f"{scheme} {redacted(secret.strip())}" if secret.strip() else value
         elif key == "cookie":
             value = _redact_cookie_header(value)
+        elif key == "x-oss-security-token":
+            value = redacted(value)
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
 

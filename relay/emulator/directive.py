@@ -39,6 +39,14 @@ one test body can run against every dialect.
 - ``fault: "risk_control"`` answers the §7.5 risk-control JSON (HTTP 200) instead of
   the completion; it can also be armed for a path (``EmulatorState.arm``).
 
+Image streams (QWEN_IMAGES.md §6.1.4, ``images.py``; chat_type ``t2i`` / ``image_edit``):
+``images`` (0-2, default 1) is how many image frames the stream carries (0: the
+URL is only in the chat detail); ``image_hw: [h, w]`` overrides the size the ratio
+gives; ``output_image_hw: false`` leaves ``extra.output_image_hw`` out;
+``echo_input: true`` (image_edit) first sends a frame echoing the input image's
+URL; ``image_phase`` names the phase of the image frames (default ``image_gen``
+for t2i, ``image_edit`` for edits). ``reply`` is the caption.
+
 Translation prompts (``translation.py``): a prompt holding a ``{"1": …, "n": …}``
 object is answered key by key as ``"[<TAG>] " + text``; ``translate_fault`` (one of
 ``TRANSLATE_FAULTS``) spoils that answer at ``translate_key``, on prompts of two or
@@ -176,6 +184,12 @@ class Directive:
     translate_fault: str | None = None
     translate_key: str | None = None
     translate_fault_all: bool = False
+    # Image streams (images.py): frames, size, size metadata, echoed input, phase.
+    images: int = 1
+    image_hw: tuple[int, int] | None = None
+    output_image_hw: bool = True
+    echo_input: bool = False
+    image_phase: str | None = None
 
     @property
     def has_tool_calls(self) -> bool:
@@ -317,4 +331,9 @@ _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "translate_fault": check.choice(*TRANSLATE_FAULTS),
     "translate_key": check.string,
     "translate_fault_all": check.flag,
+    "images": check.count(0, 2),
+    "image_hw": check.dims,
+    "output_image_hw": check.flag,
+    "echo_input": check.flag,
+    "image_phase": check.choice("image_gen", "image_edit"),
 }

@@ -18,6 +18,7 @@ __all__ = [
     "DirectiveError",
     "choice",
     "count",
+    "dims",
     "flag",
     "millis",
     "phases",
@@ -30,6 +31,8 @@ __all__ = [
 
 # A cap on extra_phases: enough for every phase in §7.4, few enough to read.
 MAX_EXTRA_PHASES = 16
+# A generated image's side (png.MAX_SIDE_PX): past any size Qwen answers (2688 px).
+MAX_IMAGE_SIDE_PX = 4096
 
 
 class DirectiveError(ValueError):
@@ -119,6 +122,14 @@ def tool_calls(name: str, value: Any) -> tuple[ToolCallSpec, ...]:
             raise DirectiveError(f"arguments in directive field {name} must be an object or a string")
         calls.append(ToolCallSpec(item["name"], arguments, has_arguments="arguments" in item))
     return tuple(calls)
+
+
+def dims(name: str, value: Any) -> tuple[int, int]:
+    """Accept ``[height, width]``, each an integer within 1..``MAX_IMAGE_SIDE_PX`` (the PNG is real)."""
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIDE_PX for v in value)):
+        raise DirectiveError(f"directive field {name} must be [height, width], each within 1..{MAX_IMAGE_SIDE_PX}")
+    return value[0], value[1]
 
 
 def phases(name: str, value: Any) -> tuple[str, ...]:

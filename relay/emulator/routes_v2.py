@@ -10,6 +10,8 @@ Admission (token, ``version``, body shape) is shared with the chat endpoints
 is looked up, and the chat before the messages (an unknown chat wins over a bad
 message list); ``chat_id`` comes from the query and falls back to the body (when
 lenient: strict requires the query); an unknown model is ``Not_Found``/404;
+``files[]`` and the image chat types are planned by ``images.plan_media`` after the
+faults (an unusable attachment is refused in-stream, like a thinking skip);
 ``response.created.parent_id`` is the user message's ``fid`` (a fresh id if it has
 none); a second candidate (directive ``candidates: 2``) can be stopped by either id.
 """
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from relay.emulator.catalogue import capabilities
 from relay.emulator.faults import error_event
-from relay.emulator.framing import Step, plan_events, to_json
+from relay.emulator.framing import Frame, Step, plan_events, to_json
 from relay.emulator.handling import (
     EMULATOR_CONFIG,
     EMULATOR_RECORD,
@@ -34,6 +36,7 @@ from relay.emulator.handling import (
     search_sources,
     v2_error,
 )
+from relay.emulator.images import plan_media
 from relay.emulator.phase import build_reply
 from relay.emulator.playback import SSE_HEADERS, play_stream
 from relay.emulator.request import BadRequest, V2Request, parse_v2_request
@@ -87,7 +90,8 @@ async def chat_completions_v2(request: web.Request) -> web.StreamResponse:
         return early
     if fault == "in_stream_error" and v2.directive.stream_error_form == "bare_json":
         return _bare_json(record, v2)
-    spec = _stream_spec(v2, chat_id, config.default_chunks)
+    media = plan_media(request, body, v2, _stream_spec(v2, chat_id, config.default_chunks))
+    spec, record.rejected = media.spec, media.rejected
     record.response_id = spec.response_id
     ids = [spec.response_id] + ([spec.alt_response_id] if spec.alt_response_id else [])
     chat.responses.extend(ids)
@@ -95,7 +99,7 @@ async def chat_completions_v2(request: web.Request) -> web.StreamResponse:
     for response_id in ids:
         state.live_responses[response_id] = live
     try:
-        steps = _plan(v2, spec, record, fault, delay_s(v2.directive, fault, config))
+        steps = _plan(v2, spec, record, fault, delay_s(v2.directive, fault, config), media.frames)
         return await play_stream(request, state, record, steps, v2.directive.split, stop=live.stop)
     finally:
         for response_id in ids:
@@ -108,8 +112,14 @@ def _bare_json(record: RequestRecord, v2: V2Request) -> web.Response:
     return web.Response(status=200, body=to_json(error_event(v2.directive)).encode(), headers=SSE_HEADERS)
 
 
-def _plan(v2: V2Request, spec: V2Stream, record: RequestRecord, fault: str | None, delay: float) -> list[Step]:
-    """Plan the stream: the answer with its fault, or the in-stream refusal of §7.3."""
+def _plan(v2: V2Request, spec: V2Stream, record: RequestRecord, fault: str | None, delay: float,
+          media: list[Frame] | None) -> list[Step]:
+    """Plan the stream: the answer with its fault, an image stream, or an in-stream refusal (§7.3, images.py)."""
+    if media is not None:  # an attachment refusal ignores faults, as the thinking one does
+        is_refusal = record.rejected is not None
+        return plan_events(media, v2.directive, fault=None if is_refusal else fault, delay_s=delay,
+                           error={} if is_refusal else v2_error_event(v2.directive, spec.response_id),
+                           padded=v2_padded(spec.response_id))
     if cannot_skip_thinking(v2.features, capabilities(v2.model)):
         record.rejected = "think_skip"
         frames = v2_refusal(spec, "invalid_input", CANNOT_SKIP_DETAILS)

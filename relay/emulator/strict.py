@@ -15,6 +15,10 @@ live service as far as the notes know it, and a test can break one rule at a tim
    ``x-accel-buffering: no`` (§7.2 [S×2]);
 5. completions only: a body over 128,000 bytes (§7.3 [C]).
 
+The upload calls (``getstsToken`` on both API versions, ``files/parse`` and its
+status, write kind ``"file"``) are bx-signed writes of the web app
+(QWEN_IMAGES.md §1.2): rules 1-3 apply, with a Referer of any ``/c/…`` page.
+
 Rules 1-5 get the risk-control JSON (§7.5). Then, in the handlers: a bad token
 (200 + 401 ``Unauthorized``), no ``version`` header (200 + 400 ``Bad_Request``,
 §7.2 [S, controlled]) and the body shape of :func:`body_problem` (200 + 422
@@ -45,7 +49,7 @@ __all__ = [
     "write_kind",
 ]
 
-WriteKind = Literal["new", "completions", "stop", "delete"]
+WriteKind = Literal["new", "completions", "stop", "delete", "file"]
 
 # §7.3 [C]: ~117 KB of encoded JSON passed, ~129 KB got the risk-control answer.
 MAX_COMPLETION_BODY_BYTES = 128_000
@@ -79,6 +83,10 @@ _POST_KINDS: dict[str, WriteKind] = {
     "/api/v2/chats/new": "new",
     "/api/v2/chat/completions": "completions",
     "/api/v2/chat/completions/stop": "stop",
+    "/api/v2/files/getstsToken": "file",
+    "/api/v1/files/getstsToken": "file",
+    "/api/v2/files/parse": "file",
+    "/api/v2/files/parse/status": "file",
 }
 _SEC_FETCH = ("sec-fetch-dest", "sec-fetch-mode", "sec-fetch-site")
 _SEC_CH_UA = ("sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform")
