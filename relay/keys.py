@@ -12,10 +12,11 @@ from .limits import ConcurrencyGate
 from .metrics import Metrics
 from .models_cache import ModelsCache
 from .operator import Operator
+from .status import StatusBoard
 from .translate.cache import ItemCache
 from .upstream import Egress, UpstreamClient
 
-__all__ = ["CALLS", "CONFIG", "EGRESS", "GATE", "LIFECYCLE", "METRICS", "MODELS", "NONSTREAM_DEADLINES", "OPERATOR", "POOL_MODELS",
+__all__ = ["CALLS", "CONFIG", "EGRESS", "GATE", "LIFECYCLE", "METRICS", "MODELS", "NONSTREAM_DEADLINES", "OPERATOR", "POOL_MODELS", "STATUS",
            "TRANSLATION_CACHE", "UPSTREAM"]
 
 CONFIG = web.AppKey("config", Config)
@@ -35,3 +36,5 @@ POOL_MODELS = web.AppKey("pool_models", ModelsCache)
 NONSTREAM_DEADLINES = web.AppKey("nonstream_deadlines", Deadlines)
 #: --translation-cache: None when it is off.
 TRANSLATION_CACHE: web.AppKey[ItemCache | None] = web.AppKey("translation_cache")
+#: usage records and the upstream's last hour, for /status (relay/status).
+STATUS = web.AppKey("status", StatusBoard)

@@ -10,6 +10,7 @@ from multidict import CIMultiDict
 from ..compression import compress_async, negotiate_encoding
 from ..errors import AuthenticationFailed, BodyTooLarge, RequestTimeout
 from ..keys import CONFIG, OPERATOR
+from ..middleware import INFO
 from ..operator.auth import Caller, identify
 
 __all__ = ["bearer_token", "caller", "json_response", "read_body"]
@@ -48,8 +49,12 @@ def bearer_token(request: web.Request, *, query_token: bool = False) -> str:
 
 
 def caller(request: web.Request, *, query_token: bool = False) -> Caller:
-    """The request's credentials under the operator mode (401 before any upstream call)."""
-    return identify(request.app[OPERATOR], bearer_token(request, query_token=query_token))
+    """The request's credentials under the operator mode (401 before any upstream call).
+
+    The key's name, and later the pool credential's, are noted on the request's
+    ``RequestInfo`` for the usage records.
+    """
+    return identify(request.app[OPERATOR], bearer_token(request, query_token=query_token), request[INFO])
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ..accounts.credential import Credential
 from ..errors import AuthenticationFailed, UpstreamChallenge, UpstreamRateLimited
@@ -31,9 +31,26 @@ from .keys import RelayKey
 from .pool import PooledToken
 from .runtime import Operator
 
-__all__ = ["Caller", "identify", "with_upstream_token"]
+__all__ = ["Caller", "Served", "identify", "with_upstream_token"]
 
 T = TypeVar("T")
+
+
+class Served(Protocol):
+    """Where a request notes who it was served for and by (the handlers' ``RequestInfo``).
+
+    Filled here, where the key and the pool credential are chosen, for every
+    surface alike; read when the request ends, for the usage records. A mutable
+    record passed along rather than a return value: the credential is chosen deep
+    inside an exchange whose result belongs to the surface.
+    """
+
+    #: the relay key's name (operator mode), else None.
+    key_name: str | None
+    #: the pool credential that served the request (an account's name, a token's fingerprint), else None.
+    account_name: str | None
+    #: pool credentials that met risk control on the way (the request then moved on to another).
+    challenged: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +64,8 @@ class Caller:
     #: the caller's Qwen token in passthrough; None when the pool serves it.
     token: str | None = field(default=None, repr=False)
     key: RelayKey | None = None
+    #: where the pool credential chosen for this caller is noted (None: nowhere, e.g. the relay's own use).
+    served: Served | None = field(default=None, repr=False, compare=False)
 
     @property
     def pooled(self) -> bool:
@@ -84,14 +103,19 @@ class _NoLimits:
 _NO_LIMITS = _NoLimits()
 
 
-def identify(operator: Operator, presented: str) -> Caller:
-    """Resolve the Bearer to a Caller; 401 in pool mode for anything but a relay key."""
+def identify(operator: Operator, presented: str, served: Served | None = None) -> Caller:
+    """Resolve the Bearer to a Caller; 401 in pool mode for anything but a relay key.
+
+    ``served`` gets the key's name now, and the pool credential's once chosen.
+    """
     mode = operator.mode
     if mode == "passthrough":
         return Caller(token=presented)
     key = operator.keys.find(presented)
     if key is not None:
-        return Caller(key=key)
+        if served is not None:
+            served.key_name = key.name
+        return Caller(key=key, served=served)
     if mode == "both":
         return Caller(token=presented)
     raise AuthenticationFailed("Invalid API key: this relay accepts only its own API keys.")
@@ -113,12 +137,16 @@ async def with_upstream_token(operator: Operator, caller: Caller,
         except UpstreamChallenge:
             resting.rest(caller.token, challenge_cooldown_s)
             raise
-    pool, state = operator.pool, operator.state
+    pool, state, served = operator.pool, operator.state, caller.served
     # What other relays sharing the state found out about these credentials (memory: nothing).
     pool.merge(await state.token_flags([entry.fingerprint for entry in pool.tokens]))
     last_challenge: UpstreamChallenge | None = None
     for _ in range(max(1, len(pool.tokens))):  # never more attempts than credentials: no loop
+        if served is not None:
+            served.account_name = None  # a credential passed over (below) did not serve the request
         with pool.acquire() as entry:  # raises PoolExhausted (503) when none is usable
+            if served is not None:
+                served.account_name = entry.name
             try:
                 return await _with_refresh(operator, entry, exchange)
             except AuthenticationFailed as exc:
@@ -130,9 +158,13 @@ async def with_upstream_token(operator: Operator, caller: Caller,
             except UpstreamChallenge as exc:
                 last_challenge = exc
                 pool.count_challenge(entry)
+                if served is not None:
+                    served.challenged += (entry.name,)
                 if challenge_cooldown_s > 0:
                     await state.cool_down_token(entry.fingerprint, pool.cool_down(entry, challenge_cooldown_s,
                                                                                   "token_challenged"))
+    if served is not None:
+        served.account_name = None
     if last_challenge is not None and not pool.any_active():
         raise last_challenge
     raise pool.exhausted()

@@ -6,6 +6,7 @@ line and the field, through the ``fail`` callable of ``config_file``.
 
     [operator]
     mode = "pool"                     # passthrough (default) | pool | both
+    admin_keys = ["sha256:<hex>"]     # optional: keys that may read /status (qwen-relay hash-key)
 
     [[operator.keys]]
     name = "team"
@@ -119,6 +120,8 @@ class OperatorConfig:
     accounts: tuple[AccountSpec, ...] = ()
     #: ``[operator] accounts_file``: where the accounts come from, and ``login`` writes.
     accounts_file: str | None = None
+    #: ``[operator] admin_keys``: SHA-256 digests of the keys that may read /status (relay/status).
+    admin_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -141,10 +144,10 @@ def parse_operator(data: Any, fail: Fail, line_in_key: Callable[[int, str], str]
     """
     if not isinstance(data, dict):
         raise fail("operator", "must be a table")
-    unknown = set(data) - {"mode", "keys", "tokens", "accounts", "accounts_file"}
+    unknown = set(data) - {"mode", "keys", "tokens", "accounts", "accounts_file", "admin_keys"}
     if unknown:
         raise fail(f"operator.{min(unknown)}",
-                   "unknown setting (expected mode, keys, tokens, accounts or accounts_file)")
+                   "unknown setting (expected mode, keys, tokens, accounts, accounts_file or admin_keys)")
     mode = data.get("mode", "passthrough")
     if mode not in MODES:
         raise fail("operator.mode", f"must be one of {', '.join(MODES)}")
@@ -171,8 +174,10 @@ def parse_operator(data: Any, fail: Fail, line_in_key: Callable[[int, str], str]
     duplicate = next((name for index, name in enumerate(names) if name in names[:index]), None)
     if duplicate is not None:
         raise fail("operator.accounts", f"duplicate account name {duplicate!r}")
+    admin_keys = _admin_keys(data.get("admin_keys", []), set(digests), fail)
     try:
-        return OperatorConfig(mode=mode, keys=keys, tokens=tokens, accounts=accounts, accounts_file=accounts_file)
+        return OperatorConfig(mode=mode, keys=keys, tokens=tokens, accounts=accounts, accounts_file=accounts_file,
+                              admin_keys=admin_keys)
     except ValueError as exc:
         raise fail("operator.mode", str(exc)) from exc
 
@@ -193,7 +198,30 @@ def with_env(config: OperatorConfig, environ: Mapping[str, str], prefix: str) ->
     if mode not in MODES:
         raise ValueError(f"{prefix}MODE must be one of {', '.join(MODES)}")
     return OperatorConfig(mode=mode, keys=config.keys, tokens=tokens, accounts=config.accounts,
-                          accounts_file=config.accounts_file)
+                          accounts_file=config.accounts_file, admin_keys=config.admin_keys)
+
+
+def _admin_keys(raw: Any, relay_keys: set[bytes], fail: Fail) -> tuple[bytes, ...]:
+    """``admin_keys = ["sha256:…", …]``: the digests of the keys that may read the status page.
+
+    Apart from the relay keys: a key that could both call the API and read every
+    key's usage would make any leaked client key an operator's key.
+    """
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise fail("operator.admin_keys", "must be an array of 'sha256:<hex>' strings (qwen-relay hash-key)")
+    digests: list[bytes] = []
+    for number, item in enumerate(raw, 1):
+        if not _HASH.match(item):
+            raise fail("operator.admin_keys",
+                       f"entry {number} must be 'sha256:' and 64 lowercase hex digits (qwen-relay hash-key)")
+        digest = bytes.fromhex(item[7:])
+        if digest in digests:
+            raise fail("operator.admin_keys", f"entry {number} repeats an earlier one")
+        if digest in relay_keys:
+            raise fail("operator.admin_keys", f"entry {number} is also a relay key ([[operator.keys]]); "
+                                              "an admin key must be a key of its own")
+        digests.append(digest)
+    return tuple(digests)
 
 
 def _key_error(fail: Fail, line_in_key: Callable[[int, str], str], index: int, name: str,
