@@ -33,6 +33,11 @@ Lifecycle, as seen by systemd (``Type=notify``, ``NotifyAccess=main``):
     in a minute means something is wrong with every worker, so the supervisor
     stops the rest and exits 1, leaving the next move to systemd's ``Restart=``.
 
+``/metrics`` covers every worker, whichever answers: the supervisor makes a
+directory for the run where each worker publishes its numbers, forgets a dead
+worker's gauges there, and removes it at exit (the next supervisor does, if
+this one was killed outright); see ``relay/metrics.py``.
+
 ``--max-concurrency`` (the gate) and the in-memory state stay per worker: N
 workers admit up to N x ``--max-concurrency`` streams, and per-key limits hold
 across workers only with ``--state redis://…``.
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import dataclasses
 import logging
 import os
 import selectors
@@ -55,12 +61,15 @@ from types import FrameType
 
 from .config import Config
 from .logs import setup_logging
+from .metrics_files import forget_worker, make_run_directory, remove_run_directory
 from .operator import Reload
 from .systemd import notify
 
 __all__ = ["supervise"]
 
 _log = logging.getLogger("relay.error")
+#: starts, stops, restarts and reloads: what the supervisor did, not what went wrong.
+_lifecycle = logging.getLogger("relay.lifecycle")
 
 _BACKLOG = 1024
 _UNIX_SOCKET_MODE = 0o666
@@ -141,13 +150,13 @@ class _Supervisor:
                 if not self.announced and not self.stopping and self._all_ready():
                     self.announced = True
                     notify(f"READY=1\nSTATUS={self.config.workers} workers serving on {self._where()}")
-                    _log.info("workers_ready", extra={"fields": {"workers": self.config.workers}})
+                    _lifecycle.info("workers_ready", extra={"fields": {"workers": self.config.workers}})
         finally:
             signal.set_wakeup_fd(-1)
             os.close(wake_r)
             os.close(wake_w)
             self._close_socket()
-        _log.info("supervisor_exit", extra={"fields": {"gave_up": self.gave_up}})
+        _lifecycle.info("supervisor_exit", extra={"fields": {"gave_up": self.gave_up}})
         return 1 if self.gave_up else 0
 
     # -- events ----------------------------------------------------------------------
@@ -186,7 +195,7 @@ class _Supervisor:
                 self._stop(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
                 ready = [w for w in self.workers.values() if w.ready]
-                _log.info("reload_forwarded", extra={"fields": {"workers": len(ready)}})
+                _lifecycle.info("reload_forwarded", extra={"fields": {"workers": len(ready)}})
                 self._send(signal.SIGHUP, ready)
 
     def _stop(self, reason: str) -> None:
@@ -195,7 +204,7 @@ class _Supervisor:
             self.stopping = True
             self.due.clear()
             notify("STOPPING=1\nSTATUS=draining")
-            _log.info("supervisor_stopping", extra={"fields": {"signal": reason, "workers": len(self.workers)}})
+            _lifecycle.info("supervisor_stopping", extra={"fields": {"signal": reason, "workers": len(self.workers)}})
             self._close_socket()  # the workers hold their own copies until their drains close them
         self._send(signal.SIGTERM, list(self.workers.values()))
 
@@ -214,8 +223,10 @@ class _Supervisor:
                 self.selector.unregister(worker.ready_fd)
                 os.close(worker.ready_fd)
             code = os.waitstatus_to_exitcode(status)
+            if self.config.metrics_dir is not None:
+                forget_worker(self.config.metrics_dir, pid)  # its gauges go; its counts stay in the sums
             if self.stopping:
-                _log.info("worker_exited", extra={"fields": {"worker_pid": pid, "code": code}})
+                _lifecycle.info("worker_exited", extra={"fields": {"worker_pid": pid, "code": code}})
                 continue
             self._schedule_restart(worker, code)
 
@@ -258,7 +269,7 @@ class _Supervisor:
         worker = _Worker(slot=slot, pid=pid, started_at=time.monotonic(), ready_fd=ready_r)
         self.workers[pid] = worker
         self.selector.register(ready_r, selectors.EVENT_READ, worker)
-        _log.info("worker_started", extra={"fields": {"worker_pid": pid, "slot": slot}})
+        _lifecycle.info("worker_started", extra={"fields": {"worker_pid": pid, "slot": slot}})
 
     def _send(self, signum: signal.Signals, workers: list[_Worker]) -> None:
         for worker in workers:
@@ -333,10 +344,13 @@ def supervise(config: Config, reload: Reload | None = None) -> int:
         _log.error("cannot_listen", extra={"fields": {"error": str(exc)}})
         return 1
     where = f"unix:{config.unix}" if config.unix else f"{config.host}:{sock.getsockname()[1]}"
-    _log.info("supervisor_listening", extra={"fields": {"url": where, "workers": config.workers}})
+    _lifecycle.info("supervisor_listening", extra={"fields": {"url": where, "workers": config.workers}})
+    # The run's metrics directory: every worker publishes there, and the one answering /metrics reads all.
+    metrics_dir = make_run_directory()
     try:
-        return _Supervisor(config, reload, sock).run()
+        return _Supervisor(dataclasses.replace(config, metrics_dir=metrics_dir), reload, sock).run()
     finally:
+        remove_run_directory(metrics_dir)
         if config.unix:
             try:
                 os.unlink(config.unix)

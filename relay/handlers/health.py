@@ -1,4 +1,4 @@
-"""GET /healthz (200 serving, 503 draining) and GET /metrics (Prometheus text).
+"""GET /healthz (200 serving, 503 draining) and GET /metrics (Prometheus text, every worker's).
 
 With a shared state backend (``--state redis://…``) /healthz also names it and
 whether it answers: ``{"status":"ok","state":{"backend":"redis","status":"down"}}``.
@@ -34,4 +34,5 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render().encode(), headers={"Content-Type": CONTENT_TYPE})
+    """The whole process tree's numbers under ``--workers``, whichever worker answers (``relay.metrics``)."""
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})

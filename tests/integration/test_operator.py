@@ -127,7 +127,7 @@ async def test_expired_token_is_disabled_after_its_first_401_and_the_request_suc
             metrics = await response.text()
     expired = [r for r in emulator.state.log if r.token_fingerprint == upstream_print(EXPIRED)]
     assert len(expired) == 1 and expired[0].status == 401
-    assert f'qwen_relay_token_state{{token="{pool_fingerprint(EXPIRED)}",state="disabled"}} 1' in metrics
+    assert f'qwen_relay_token_state{{state="disabled",token="{pool_fingerprint(EXPIRED)}"}} 1' in metrics
 
 
 async def test_429_token_cools_down_and_the_request_moves_to_another(
@@ -148,7 +148,7 @@ async def test_429_token_cools_down_and_the_request_moves_to_another(
             metrics = await response.text()
     assert [r.token_fingerprint for r in emulator.state.log[2:]].count(limited.token_fingerprint) == 0
     cooling = next(pool_fingerprint(t) for t in GOOD if upstream_print(t) == limited.token_fingerprint)
-    assert f'qwen_relay_token_state{{token="{cooling}",state="cooling"}} 1' in metrics
+    assert f'qwen_relay_token_state{{state="cooling",token="{cooling}"}} 1' in metrics
 
 
 async def test_every_token_out_gives_503_no_upstream_token(

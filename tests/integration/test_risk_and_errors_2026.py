@@ -105,8 +105,8 @@ async def test_risk_control_in_a_pool_moves_the_request_to_the_other_token_which
     assert metric(text_metrics, "qwen_relay_upstream_challenges_total") >= 1
     cooling = next(t for t in POOL_TOKENS if token_cookie(t) == "sha256:" + challenged.token_fingerprint)
     other = next(t for t in POOL_TOKENS if t != cooling)
-    assert metric(text_metrics, f'qwen_relay_token_state{{token="{pool_fingerprint(cooling)}",state="cooling"}}') == 1
-    assert metric(text_metrics, f'qwen_relay_token_state{{token="{pool_fingerprint(other)}",state="active"}}') == 1
+    assert metric(text_metrics, f'qwen_relay_token_state{{state="cooling",token="{pool_fingerprint(cooling)}"}}') == 1
+    assert metric(text_metrics, f'qwen_relay_token_state{{state="active",token="{pool_fingerprint(other)}"}}') == 1
 
 
 async def test_risk_control_on_chats_new_is_502_upstream_challenge_and_no_completion_is_sent(
