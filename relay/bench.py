@@ -3,9 +3,9 @@
 Starts the emulator and the relay as two child processes on free loopback
 ports, drives the relay from this process with a closed loop of concurrent
 clients (bounded by ``--requests``), checks every answer, and prints requests/s,
-p50/p99 latency, and the relay's CPU time and peak RSS from ``/proc``. For
-side-by-side comparisons with nginx and other relays, use the team's harness
-(``../shared/bench``); this is the quick check a user can run anywhere.
+p50/p99 latency, and the relay's CPU time and peak RSS from ``/proc``. It is
+the quick check a user can run anywhere; for side-by-side figures, run another
+build (or nginx) the same way on the same machine and compare ratios.
 """
 
 from __future__ import annotations

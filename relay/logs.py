@@ -1,11 +1,14 @@
 """Structured logging: one JSON object per line, tokens never written.
 
 Loggers: ``relay.access`` (one line per request), ``relay.upstream`` (retries,
-divergences, garbage) and ``relay.error`` (faults), split as uvicorn splits
-access from error logs. Values travel in ``extra={"fields": {...}}`` and event
-names are stable snake_case strings. The request id lives in a ContextVar, so
-every line of a request carries it. ``redact`` is the last line of defence:
-whatever a bug puts into a message, a bearer token or JWT never reaches the log.
+divergences, garbage), ``relay.lifecycle`` (starts and stops: ``listening``,
+``emulator_started``, ``drain_*``, the supervisor's workers) and ``relay.error``
+(faults), split as uvicorn splits access from error logs. Values travel in
+``extra={"fields": {...}}`` and event names are stable snake_case strings. The
+request id lives in a ContextVar, so every line of a request carries it; so does
+the request's access record (``request_tally_var``), so that the transport counts
+its upstream attempts whichever handler sent them. ``redact`` is the last line of
+defence: whatever a bug puts into a message, a bearer token or JWT never reaches the log.
 """
 
 from __future__ import annotations
@@ -19,13 +22,37 @@ import re
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import orjson
 
-__all__ = ["BatchingStreamHandler", "DeferredLog", "JsonFormatter", "redact", "request_id_var", "setup_logging"]
+__all__ = ["BatchingStreamHandler", "DeferredLog", "JsonFormatter", "RequestTally", "count_upstream_attempt", "redact",
+           "request_id_var", "request_tally_var", "setup_logging"]
 
 request_id_var: ContextVar[str | None] = ContextVar("relay_request_id", default=None)
+
+
+class RequestTally(Protocol):
+    """What the access line counts below the handler (the middleware's ``RequestInfo`` is one)."""
+
+    upstream_attempts: int
+
+
+#: the access record of the request being served; None outside a request.
+request_tally_var: ContextVar[RequestTally | None] = ContextVar("relay_request_tally", default=None)
+
+
+def count_upstream_attempt() -> None:
+    """Count one upstream HTTP attempt for the request being served (its access line's ``upstream_attempts``).
+
+    Called where the transport sends, so every attempt counts, whichever handler or
+    surface asked: retries, a qwen-v2 chat's creation, a model list fetched for the
+    request (the cache's fetch task runs in a copy of the request's context), and
+    attempts of a request that then failed, which a handler never hears of.
+    """
+    tally = request_tally_var.get()
+    if tally is not None:
+        tally.upstream_attempts += 1
 
 # Runs on the rendered JSON line, where a quote may have become \" — hence the \\?.
 _GAP = r"""(?:\s|\\[tnr])"""  # whitespace, raw or as a JSON escape

@@ -12,6 +12,11 @@ Shutdown (SIGTERM or SIGINT), after uvicorn's ``should_exit`` / ``force_exit``:
 SIGHUP re-reads the ``--config`` file's ``[operator]`` section (keys, tokens,
 mode). The whole file is parsed first; a bad one is logged and ignored, so the
 old settings stay. Open streams keep the key and token they hold.
+
+Bytes on the listening port that are not HTTP (a TLS client on the plain port,
+a port scanner, a bad HTTP version, an over-long request line) are answered 400
+by aiohttp, which logs each with a traceback at error level; ``MalformedRequests``
+turns that into one rate-limited warning line (issue 21).
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .app import make_app
 from .config import Config
@@ -40,9 +48,12 @@ from .systemd import notify
 #: objects allocated (net) before the youngest generation is collected (CPython's default: 700).
 GC_YOUNG_THRESHOLD = 7000
 
-__all__ = ["RUNNER_OPTIONS", "drain", "reload_operator", "run", "serve"]
+__all__ = ["MALFORMED_LOG_INTERVAL_S", "RUNNER_OPTIONS", "MalformedRequests", "drain", "quiet_malformed_requests",
+           "reload_operator", "run", "serve"]
 
 _log = logging.getLogger("relay.error")
+#: listening, draining, stopping: what the relay is doing, not what went wrong.
+_lifecycle = logging.getLogger("relay.lifecycle")
 
 #: after the drain, how long aborted streams get to write their error event.
 _ABORT_GRACE_S = 3.0
@@ -71,6 +82,7 @@ async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None
     ``on_ready`` instead of systemd (the supervisor sends READY=1 for all of them).
     """
     untrack_stages()  # the loop runs now: its async-generator hooks are in place
+    quiet_malformed_requests()
     app = make_app(config)
     if reload is not None and hasattr(signal, "SIGHUP"):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_operator, app, reload)
@@ -101,13 +113,75 @@ async def serve(config: Config, stop: asyncio.Event, force: asyncio.Event | None
         where = f"http://{host}:{port}"
         fields = {"host": host, "port": port}
     loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # "uvloop" or "asyncio"
-    _log.info("listening", extra={"fields": {"url": where, **fields, "loop": loop}})
+    _lifecycle.info("listening", extra={"fields": {"url": where, **fields, "loop": loop}})
     if on_ready is not None:
         on_ready(where)
     else:
         notify(f"READY=1\nSTATUS=serving on {where}")
     await stop.wait()
     await drain(app, runner, config.drain_timeout_s, force or asyncio.Event())
+
+
+#: at most one ``malformed_request`` line per this many seconds (per process): a scanner
+#: sending garbage as fast as it can costs the log one line a minute, not one per connection.
+MALFORMED_LOG_INTERVAL_S = 60.0
+#: where aiohttp's parser error quotes the bytes it got (a request line may carry a secret in its query).
+_QUOTED_BYTES = re.compile(r"""\s*["']?(?:bytearray\()?b['"].*""", re.DOTALL)
+_DETAIL_MAX_CHARS = 120
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp's "Error handling request" for bytes that are not HTTP: one warning line, rate-limited.
+
+    Why: aiohttp (logger ``aiohttp.server``) logs every request its parser refuses at
+    error level with a full traceback, so a port scanner or a TLS client on the plain
+    port floods the log with tracebacks that say nothing new. What an operator needs is
+    that it happens, from where, what kind, and how often: one ``malformed_request``
+    line (``peer``, ``error``: the parser's exception, ``detail``: its message without
+    the quoted bytes, ``suppressed``: how many were not logged since the last line), at
+    warning level at most (aiohttp's debug stays debug), at most every ``interval_s``.
+    Every other record passes unchanged: a traceback from a handler is still a fault.
+    """
+
+    def __init__(self, interval_s: float = MALFORMED_LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        self._quiet_until: float | None = None
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = self._clock()
+        if self._quiet_until is not None and now < self._quiet_until:
+            self._suppressed += 1
+            return False
+        self._quiet_until = now + self._interval_s
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.msg, record.args = "malformed_request", ()
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        record.fields = {"peer": peer, "error": type(exc).__name__, "detail": _detail(exc),
+                         "suppressed": self._suppressed, "interval_s": self._interval_s}
+        self._suppressed = 0
+        return True
+
+
+def _detail(exc: HttpProcessingError) -> str:
+    """The parser's complaint on one line, cut before the bytes it quotes."""
+    text = " ".join(_QUOTED_BYTES.sub("", exc.message).split()).rstrip(" :")
+    return text[:_DETAIL_MAX_CHARS]
+
+
+def quiet_malformed_requests() -> None:
+    """Put ``MalformedRequests`` on aiohttp's server logger, once per process."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(existing, MalformedRequests) for existing in server_log.filters):
+        server_log.addFilter(MalformedRequests())
 
 
 def _tune_gc() -> None:
@@ -148,7 +222,7 @@ async def drain(app: web.Application, runner: web.AppRunner, timeout_s: float, f
     gate = app[GATE]
     app[LIFECYCLE].draining = True
     notify("STOPPING=1\nSTATUS=draining")
-    _log.info("drain_started", extra={"fields": {"in_flight": gate.in_flight, "timeout_s": timeout_s}})
+    _lifecycle.info("drain_started", extra={"fields": {"in_flight": gate.in_flight, "timeout_s": timeout_s}})
     for site in list(runner.sites):
         await site.stop()
     waiters = [asyncio.ensure_future(gate.wait_idle()), asyncio.ensure_future(force.wait())]
@@ -159,12 +233,12 @@ async def drain(app: web.Application, runner: web.AppRunner, timeout_s: float, f
             waiter.cancel()
     if gate.in_flight:
         aborted = app[UPSTREAM].abort_all(Draining("The relay is shutting down; this answer was cut short."))
-        _log.warning("drain_deadline", extra={"fields": {"in_flight": gate.in_flight, "aborted": aborted}})
+        _lifecycle.warning("drain_deadline", extra={"fields": {"in_flight": gate.in_flight, "aborted": aborted}})
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_ABORT_GRACE_S):
                 await gate.wait_idle()
     await runner.cleanup()
-    _log.info("drain_finished")
+    _lifecycle.info("drain_finished")
 
 
 def _use_loop(choice: str) -> None:

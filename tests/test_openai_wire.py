@@ -155,8 +155,9 @@ def test_list_content_parts_are_accepted() -> None:
 
 @pytest.mark.parametrize("role", ["system", "developer", "user", "assistant", "tool", "function"])
 def test_every_openai_role_is_accepted(role: str) -> None:
-    """All six OpenAI roles pass validation."""
-    parse_chat_request(body(messages=[{"role": role, "content": "x"}]))
+    """All six OpenAI roles pass validation, the message kept as sent."""
+    request = parse_chat_request(body(messages=[{"role": role, "content": "x"}]))
+    assert request.messages == [{"role": role, "content": "x"}]
 
 
 @pytest.mark.parametrize("fields", [
@@ -164,8 +165,9 @@ def test_every_openai_role_is_accepted(role: str) -> None:
     {"max_completion_tokens": 5}, {"seed": -3}, {"n": 1}, {"n": None}, {"temperature": None},
 ])
 def test_valid_numbers_are_accepted(fields: dict[str, Any]) -> None:
-    """Integers are numbers; null means "not given"."""
-    parse_chat_request(body(**fields))
+    """Integers are numbers; null means "not given"; the values reach the dialect as sent."""
+    request = parse_chat_request(body(**fields))
+    assert {name: request.body[name] for name in fields} == fields
 
 
 # ---- parse_json_body ------------------------------------------------------------------
@@ -306,6 +308,11 @@ ERROR_STATUSES: dict[type[RelayError], int] = {
     errors.ModelNotAllowed: 403,
     errors.KeyRateLimited: 429,
     errors.PoolExhausted: 503,
+    errors.AdminKeyRequired: 403,
+    errors.ImageTooLarge: 400,
+    errors.UnsupportedImage: 400,
+    errors.ImageUrlNotAllowed: 400,
+    errors.UpstreamUploadFailed: 502,
 }
 
 

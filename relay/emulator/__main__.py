@@ -6,6 +6,8 @@ pre-2026 requests (a Bearer token, no browser headers) for a quick curl. The sam
 listener is the auth host (``--auth-origin`` of the relay): ``--user`` accounts sign
 in, and ``--access-ttl`` sets how long their access tokens live. ``--replay DIR``
 serves the exchanges a relay recorded with ``--record DIR`` instead (``replay.py``).
+The OSS stand-in for uploads listens on its own loopback port, printed on stderr
+(``oss http://127.0.0.1:PORT``) and shown by ``GET /_emulator/files``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Sequence
 
-from relay.emulator.config import DEFAULT_USERS, EmulatorConfig
+from relay.emulator.config import DEFAULT_LOG_SIZE, DEFAULT_USERS, EmulatorConfig
 from relay.emulator.server import start_emulator
 
 
@@ -90,6 +93,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the 2026 checks on qwen-v2 writes: Bearer or cookie, no header or body-shape checks",
     )
+    parser.add_argument(
+        "--log-size",
+        type=int,
+        default=DEFAULT_LOG_SIZE,
+        metavar="N",
+        help="requests GET /_emulator/log keeps, the oldest dropped first (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -108,6 +118,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         users=_users(args.user),
         access_ttl_s=args.access_ttl,
         signin_limit=args.signin_limit,
+        log_size=args.log_size,
     )
 
 
@@ -134,6 +145,8 @@ async def _serve(args: argparse.Namespace) -> None:
         return
     async with await start_emulator(_config(args), host=args.host, port=args.port) as emulator:
         print(emulator.url, flush=True)
+        # stdout's one line is the chat host (tests read it); the OSS stand-in goes to stderr.
+        print(f"oss {emulator.oss_url}", file=sys.stderr, flush=True)
         await stop.wait()
 
 

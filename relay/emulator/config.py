@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_MODELS", "DEFAULT_USERS", "EmulatorConfig"]
+__all__ = ["DEFAULT_LOG_SIZE", "DEFAULT_MODELS", "DEFAULT_USERS", "EmulatorConfig"]
 
-# Ids seen on chat.qwen.ai in Feb-Mar 2025 (QWEN_PROTOCOL.md §2.1), then v2-era ids
+# Requests the log keeps (``--log-size``), the oldest dropped first; stop calls and deleted
+# chats alike. A record holds the request's headers and body (a coding agent's prompt is
+# 100 KB+): 10,000 bound the log at about 100 MB even then, and a test reads a few dozen.
+DEFAULT_LOG_SIZE = 10_000
+
+# Ids seen on chat.qwen.ai in Feb-Mar 2025 (docs/qwen-protocol.md §2.1), then v2-era ids
 # (qwen3.8-plus: the 2026 line that cannot skip thinking, §7.3);
 # enough variety to exercise vision, thinking and search flags (catalogue.py)
 # without pretending to be the full catalogue. New ids go last: relay tests pick
@@ -62,6 +67,9 @@ class EmulatorConfig:
     # Sign-ins per client within the window before the WAF page (§7.1 [S]: ~12 per 6 min).
     signin_limit: int = 12
     signin_window_s: float = 360.0
+    # Records kept by ``EmulatorState`` (its ``log``, ``stop_calls``, ``deleted_chats``): a ring,
+    # so that ``--upstream emulator`` and a long benchmark run for days in bounded memory.
+    log_size: int = DEFAULT_LOG_SIZE
 
     def __post_init__(self) -> None:
         """Reject settings that would make every stream misbehave silently."""
@@ -79,3 +87,5 @@ class EmulatorConfig:
             raise ValueError("signin_limit must be at least 1")
         if self.signin_window_s <= 0:
             raise ValueError("signin_window_s must be positive")
+        if self.log_size < 1:
+            raise ValueError("log_size must be at least 1")

@@ -7,7 +7,15 @@ qwen-phase, ``routes_v1.py``); ``GET /api/v2/models/``, ``POST /api/v2/chats/new
 ``/api/v2/auths/signin``, ``/api/v2/auths/refresh`` and the retired
 ``/api/v1/auths/signin`` (``auth.py``: same listener, routed by path); and
 ``/_emulator/*`` for tests in another process (log, reset, arm, chats; logins,
-refreshes, signin_wall, challenge, require_bx in ``auth_control.py``).
+refreshes, signin_wall, challenge, require_bx in ``auth_control.py``; files,
+files/expire, oss/arm in ``files_control.py``).
+
+Uploads and images (QWEN_IMAGES.md §6): ``POST /api/v2/files/getstsToken`` (and
+``/api/v1/…``), ``files/parse`` and ``files/parse/status`` (``files.py``); the OSS
+stand-in on its own loopback port, started with this app (``oss.py``; its URL is
+``RunningEmulator.oss_url``); ``files[]`` checks and t2i / image_edit streams in
+the v2 completion (``images.py``); ``GET /output/…``, ``GET /cdn/…`` and
+``GET /api/v2/chats/<id>`` (``routes_images.py``).
 
 A gateway middleware wraps every emulated route: it logs the request (headers,
 cookies and body included, tokens redacted: ``capture.py``) before anything can
@@ -44,6 +52,8 @@ from relay.emulator.catalogue import models_payload, v2_models_payload
 from relay.emulator.config import EmulatorConfig
 from relay.emulator.directive import DirectiveError
 from relay.emulator.faults import build_gateway_directive
+from relay.emulator.files import add_file_routes
+from relay.emulator.files_control import add_files_control_routes
 from relay.emulator.handling import (
     EMULATOR_CONFIG,
     EMULATOR_RECORD,
@@ -58,8 +68,10 @@ from relay.emulator.handling import (
     unauthorized_v1,
 )
 from relay.emulator.logins import LoginBook
+from relay.emulator.oss import oss_site
 from relay.emulator.playback import is_peer_gone
 from relay.emulator.routes_chats import chats_new, delete_chat, stop_v2, v2_unauthorized
+from relay.emulator.routes_images import add_image_routes
 from relay.emulator.routes_v1 import chat_v1
 from relay.emulator.routes_v2 import chat_completions_v2
 from relay.emulator.state import EmulatorState, RequestRecord
@@ -88,7 +100,8 @@ def make_emulator_app(config: EmulatorConfig | None = None, *, strict: bool | No
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_gateway])
     app[EMULATOR_CONFIG] = _configured(config, strict)
-    app[EMULATOR_STATE] = EmulatorState(logins=LoginBook.from_config(app[EMULATOR_CONFIG]))
+    app[EMULATOR_STATE] = EmulatorState.keeping(app[EMULATOR_CONFIG].log_size,
+                                                logins=LoginBook.from_config(app[EMULATOR_CONFIG]))
     app[HANDLERS] = set()
     app.on_shutdown.append(_cancel_handlers)
     app.router.add_get("/api/models", _models)
@@ -99,12 +112,16 @@ def make_emulator_app(config: EmulatorConfig | None = None, *, strict: bool | No
     app.router.add_post("/api/v2/chat/completions", chat_completions_v2)
     app.router.add_post("/api/v2/chat/completions/stop", stop_v2)
     app.router.add_delete("/api/v2/chats/{chat_id}", delete_chat)
+    add_file_routes(app)
+    add_image_routes(app)
+    app.cleanup_ctx.append(oss_site)
     add_auth_routes(app)
     app.router.add_get("/_emulator/log", _log)
     app.router.add_get("/_emulator/chats", _chats)
     app.router.add_post("/_emulator/reset", _reset)
     app.router.add_post("/_emulator/arm", _arm)
     add_auth_control_routes(app)
+    add_files_control_routes(app)
     return app
 
 
@@ -115,6 +132,11 @@ class RunningEmulator:
     url: str
     state: EmulatorState
     _runner: web.AppRunner = field(repr=False)
+
+    @property
+    def oss_url(self) -> str | None:
+        """Where the OSS stand-in listens (``http://127.0.0.1:PORT``; None once closed)."""
+        return self.state.files.oss_url
 
     async def close(self) -> None:
         """Stop listening; streams still open are cancelled after a short grace."""

@@ -17,6 +17,11 @@ The auth host's logins (§7.1) live in ``EmulatorState.logins`` (``logins.py``);
 The 2026 service refuses a reused ``x-request-id`` (§7.2); the ids seen are kept
 across :meth:`EmulatorState.reset` (the service does not forget between tests),
 bounded so a long benchmark cannot grow them without limit.
+
+The request log, the stop calls and the deleted chats are rings (``Recent``) of the
+latest ``EmulatorConfig.log_size`` records: an emulator under load for days (the
+relay's ``--upstream emulator``) keeps a bounded memory, and a test, which reads a few
+dozen records, reads them as it would a list.
 """
 
 from __future__ import annotations
@@ -24,18 +29,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, SupportsIndex, TypeVar, overload
 
+from relay.emulator.config import DEFAULT_LOG_SIZE
 from relay.emulator.faults import build_gateway_directive
 from relay.emulator.logins import LoginBook, LoginSeed, RefreshRecord
+from relay.emulator.uploads import FileBook
 
 __all__ = [
     "ArmedDirective",
     "ChatRecord",
     "EmulatorState",
     "LiveResponse",
+    "Recent",
     "RequestRecord",
     "fingerprint",
     "is_auth_path",
@@ -43,6 +52,35 @@ __all__ = [
 
 # [I] Far more than any replay window a relay bug could produce; ~100 bytes each.
 MAX_SEEN_REQUEST_IDS = 100_000
+
+T = TypeVar("T")
+
+
+class Recent(deque[T]):
+    """The latest records, at most ``maxlen`` of them, the oldest dropped first.
+
+    A deque, so that appending stays O(1) when full, which also slices and compares
+    equal to a list of the same records, as the lists it replaced did.
+    """
+
+    def __init__(self, records: Iterable[T] = (), *, maxlen: int = DEFAULT_LOG_SIZE) -> None:
+        super().__init__(records, maxlen)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return super().__getitem__(index)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list):
+            return list(self) == other
+        return super().__eq__(other)
 
 
 def is_auth_path(path: str) -> bool:
@@ -100,6 +138,9 @@ class RequestRecord:
     # cookies it presented with an outdated value (recorded, never refused).
     login_id: str | None = None
     stale_cookies: list[str] = field(default_factory=list)
+    # A request to the OSS stand-in (oss.py): bucket, key, size, sha256, content_type,
+    # signature_version and result ("stored" or the OSS error code); never a secret.
+    upload: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Render for ``GET /_emulator/log``."""
@@ -132,6 +173,7 @@ class RequestRecord:
             "chat_deleted": self.chat_deleted,
             "login_id": self.login_id,
             "stale_cookies": list(self.stale_cookies),
+            "upload": self.upload,
         }
 
 
@@ -193,7 +235,7 @@ class EmulatorState:
     streams_stopped + open_streams`` holds at every await point.
     """
 
-    log: list[RequestRecord] = field(default_factory=list)
+    log: Recent[RequestRecord] = field(default_factory=Recent)
     requests: int = 0
     streams_started: int = 0
     streams_completed: int = 0
@@ -209,17 +251,25 @@ class EmulatorState:
     fail_counters: dict[str, int] = field(default_factory=dict)
     chats: dict[str, ChatRecord] = field(default_factory=dict)
     # (chat_id, response_id) of every stop call, "" where the call left one out.
-    stop_calls: list[tuple[str, str]] = field(default_factory=list)
+    stop_calls: Recent[tuple[str, str]] = field(default_factory=Recent)
     stop_called: asyncio.Event = field(default_factory=asyncio.Event)
     # Ids of chats removed by DELETE /api/v2/chats/<id>, oldest first.
-    deleted_chats: list[str] = field(default_factory=list)
+    deleted_chats: Recent[str] = field(default_factory=Recent)
     # x-request-id values seen on any request (insertion-ordered, bounded).
     seen_request_ids: dict[str, None] = field(default_factory=dict)
     armed: list[ArmedDirective] = field(default_factory=list)
     live_responses: dict[str, LiveResponse] = field(default_factory=dict)
     # The auth host's logins, tokens and switches (logins.py, auth.py).
     logins: LoginBook = field(default_factory=LoginBook)
+    # STS grants, uploaded objects and generated images (uploads.py, QWEN_IMAGES.md §6).
+    files: FileBook = field(default_factory=FileBook)
     _pulse: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @classmethod
+    def keeping(cls, records: int, **fields: Any) -> EmulatorState:
+        """A state whose log, stop calls and deleted chats keep the latest ``records`` each."""
+        return cls(log=Recent(maxlen=records), stop_calls=Recent(maxlen=records),
+                   deleted_chats=Recent(maxlen=records), **fields)
 
     def reset(self) -> None:
         """Forget history between tests; streams still open stay counted."""
@@ -239,6 +289,7 @@ class EmulatorState:
         self.deleted_chats.clear()
         self.armed.clear()
         self.logins.reset()
+        self.files.reset()
         self.notify()
 
     def create_login(self, email: str) -> LoginSeed:
@@ -264,7 +315,7 @@ class EmulatorState:
 
     async def wait_for_request(self, n: int) -> None:
         """Return once the n-th request (1-based, since the last reset) has arrived."""
-        await self.wait_until(lambda: len(self.log) >= n)
+        await self.wait_until(lambda: self.requests >= n)  # not len(log): a full ring stays full
 
     async def wait_for_idle(self) -> None:
         """Return once no stream is open: the check that a relay closed its upstream."""

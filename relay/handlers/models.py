@@ -1,4 +1,9 @@
-"""GET /v1/models: the caller's model list, cached per token (or once for the pool)."""
+"""GET /v1/models: the caller's model list, cached per token (or once for the pool).
+
+``GET /v1/models/{model}`` answers one entry of that list, or 404 ``model_not_found``,
+as OpenAI's "retrieve model" does: clients (the openai SDK's ``models.retrieve``,
+editors checking a configured id) ask for one model before they use it.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,17 @@ from ..calls import Calls
 from ..dialects import ChatOptions
 from ..dialects.options import resolve_options, thinking_default
 from ..errors import AuthenticationFailed, ModelNotFound, RelayError, UpstreamProtocolError
+from ..jsonio import dumps, loads
 from ..keys import CONFIG, MODELS, OPERATOR, POOL_MODELS
+from ..middleware import INFO
 from ..models_cache import CachedModels, Fetch, ModelsCache
 from ..openai_wire import ChatRequest
 from ..operator import Operator
 from ..operator.auth import Caller, identify, with_upstream_token
 from .common import bearer_token, json_response
 
-__all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_cached", "resolve_request", "translation_options"]
+__all__ = ["fetcher", "list_models", "pool_fetcher", "resolve_cached", "resolve_request", "retrieve_model",
+           "translation_options"]
 
 #: a model list is small; this only stops a broken upstream from filling memory.
 MODELS_MAX_BYTES = 16 * 1024 * 1024
@@ -39,8 +47,38 @@ async def list_models(request: web.Request) -> web.Response:
         allowed = caller.key.spec.models
         listing = json.loads(entry.body)
         listing["data"] = [item for item in listing["data"] if item.get("id") in allowed]
-        return await json_response(request, json.dumps(listing, separators=(",", ":")).encode())
-    return await json_response(request, entry.body, cache=entry.encoded)
+        response = await json_response(request, json.dumps(listing, separators=(",", ":")).encode())
+    else:
+        response = await json_response(request, entry.body, cache=entry.encoded)
+    _count_bytes(request, response)
+    return response
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """One model object, the same as its entry in ``GET /v1/models``; 404 ``model_not_found`` otherwise.
+
+    A model a relay key may not use is not found either: its list does not show it.
+    """
+    app = request.app
+    caller = identify(app[OPERATOR], bearer_token(request))
+    model_id = request.match_info["model"]
+    cache, key = _cache_of(app, caller)
+    entry = cache.peek(key) or await cache.get(key)
+    allowed = caller.key.spec.models if caller.key is not None else None
+    if model_id in entry.ids and (allowed is None or model_id in allowed):
+        for item in loads(entry.body)["data"]:  # a few KB, parsed only for this rare call
+            if item.get("id") == model_id:
+                response = await json_response(request, dumps(item))
+                _count_bytes(request, response)
+                return response
+    raise ModelNotFound(f"The model `{model_id}` does not exist or you do not have access to it. "
+                        "GET /v1/models lists the ids you can use.", param="model")
+
+
+def _count_bytes(request: web.Request, response: web.Response) -> None:
+    """The body's size, for the access line (``len``: a tenth of ``content_length``'s cost, on a hot path)."""
+    body = response.body
+    request[INFO].bytes_out = len(body) if isinstance(body, bytes | bytearray) else 0
 
 
 def _cache_of(app: web.Application, caller: Caller) -> tuple[ModelsCache, str]:

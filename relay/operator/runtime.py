@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Operator"]
 
-_log = logging.getLogger("relay.error")
+_log = logging.getLogger("relay.lifecycle")  # operator_reloaded: a start-and-stop kind of line
 
 
 class Operator:

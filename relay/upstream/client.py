@@ -45,6 +45,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..jsonio import dumps
+from ..logs import count_upstream_attempt
 from ..metrics import Metrics
 from .egress import POOL_HEADROOM, Egress, EgressClosed, Route
 from .recording import Capture, Recorder
@@ -227,6 +228,7 @@ class UpstreamClient:
         url = URL(self._origin + call.path, encoded=True)  # sent as the dialect built it
         for attempt in range(1, attempts + 1):
             self._metrics.upstream_attempts += 1
+            count_upstream_attempt()  # the access line of the request this is for
             started = time.perf_counter()
             capture = (self._recorder.open(self._origin, call.method, call.path, call.headers, call.data)
                        if self._recorder is not None else None)  # [record]

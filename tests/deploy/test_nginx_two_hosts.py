@@ -4,6 +4,10 @@ The two "hosts" are two relay processes on loopback ports; the example's server
 lines, listen lines and certificate paths are rewritten, nothing else. Proves the
 file is valid nginx, spreads requests over both relays, and sends a POST to the
 other relay while one drains or is gone.
+
+The relays are other processes, and what is waited for shows in their log files
+(the access line written after a response, ``drain_started``): the test polls those
+files with a deadline, never sleeps a guessed time (issue 21).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.conftest import MODEL, auth, directive
 from tests.deploy.test_nginx import _free_port, _start_nginx, _stop, _wait_for, certificate, write_nginx_conf
+from tests.integration.accounts_support import poll
 
 __all__ = ["certificate"]  # the module-scoped fixture, shared with test_nginx
 
@@ -81,10 +87,19 @@ def fleet(tmp_path: Path, certificate: tuple[Path, Path]) -> Iterator[Fleet]:
             _stop(relay)
 
 
+def entries(log: Path) -> list[dict[str, Any]]:
+    """The log's complete JSON lines (the relay may be writing the last one right now)."""
+    lines = log.read_text().splitlines(keepends=True)
+    return [json.loads(line) for line in lines if line.startswith("{") and line.endswith("\n")]
+
+
 def served(log: Path) -> int:
-    lines = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
-    return sum(1 for entry in lines if entry.get("logger") == "relay.access" and entry.get("status") == 200
+    return sum(1 for entry in entries(log) if entry.get("logger") == "relay.access" and entry.get("status") == 200
                and entry.get("path") == "/v1/chat/completions")
+
+
+def logged(log: Path, event: str) -> bool:
+    return any(entry.get("event") == event for entry in entries(log))
 
 
 async def _post_all(fleet: Fleet, count: int) -> list[int]:
@@ -101,11 +116,13 @@ async def _post_all(fleet: Fleet, count: int) -> list[int]:
 
 async def test_example_spreads_requests_over_both_relays_and_fails_over(fleet: Fleet) -> None:
     assert await _post_all(fleet, 20) == [200] * 20
-    await asyncio.sleep(0.2)  # the relays write their access lines after the response
+    # The relays write an access line just after its response: wait for all twenty.
+    await poll(lambda: sum(served(log) for log in fleet.logs) >= 20, "the access lines of the 20 requests")
     first = [served(log) for log in fleet.logs]
     assert sum(first) == 20 and min(first) > 0, first
     fleet.relays[0].send_signal(signal.SIGTERM)  # drains, then exits: nginx moves to relay b
-    await asyncio.sleep(0.3)
+    await poll(lambda: logged(fleet.logs[0], "drain_started"), "relay a to start draining")
     assert await _post_all(fleet, 10) == [200] * 10
-    await asyncio.sleep(0.2)
+    await poll(lambda: served(fleet.logs[1]) - first[1] >= 10, "relay b's access lines of the 10 requests")
     assert served(fleet.logs[1]) - first[1] == 10
+    assert served(fleet.logs[0]) == first[0]  # the draining relay answered none of them

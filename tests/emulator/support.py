@@ -1,6 +1,6 @@
 """Helpers shared by the phase and v2 emulator tests: raw clients, SSE splitting, 2026 requests.
 
-The v2 helpers build what the 2026 web app sends (QWEN_PROTOCOL.md §7.2, §7.3), the
+The v2 helpers build what the 2026 web app sends (docs/qwen-protocol.md §7.2, §7.3), the
 request a strict emulator accepts: the full browser header set with a fresh uuid4
 ``x-request-id`` per call, the ``token`` cookie, and the 2026 bodies. A test that
 checks one strict rule takes these and breaks exactly one thing.

@@ -1,4 +1,4 @@
-"""The emulator reproduces the 2026 stream and chat facts (QWEN_PROTOCOL.md §7.3-§7.5).
+"""The emulator reproduces the 2026 stream and chat facts (docs/qwen-protocol.md §7.3-§7.5).
 
 Two candidates in one stream, phases that must not leak, four shapes of in-stream
 error, risk control as a fault, chat deletion, thinking gears and models that cannot

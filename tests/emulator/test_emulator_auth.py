@@ -1,4 +1,4 @@
-"""The emulator is also the auth host, auth.qwen.ai (QWEN_PROTOCOL.md §7.1), with logins that rotate.
+"""The emulator is also the auth host, auth.qwen.ai (docs/qwen-protocol.md §7.1), with logins that rotate.
 
 Each test drives a real socket and checks one rule: logins and their jar, JWT access
 tokens (expired is the cue to refresh), sign-in and its walls, refresh-token

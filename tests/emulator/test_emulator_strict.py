@@ -1,4 +1,4 @@
-"""The strict emulator refuses qwen-v2 writes the 2026 service refuses (QWEN_PROTOCOL.md §7).
+"""The strict emulator refuses qwen-v2 writes the 2026 service refuses (docs/qwen-protocol.md §7).
 
 Each test starts from the request the 2026 web app sends (``support.v2_headers``,
 ``support.completion_body``), which the emulator accepts, and breaks exactly one

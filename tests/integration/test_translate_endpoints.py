@@ -217,12 +217,14 @@ async def test_relay_keys_limit_translations_as_they_limit_chat(relay_factory: R
     assert not calls(emulator, "POST", COMPLETIONS)
 
 
-async def test_a_full_relay_answers_429_with_retry_after(relay_factory: RelayFactory) -> None:
+async def test_a_full_relay_answers_429_with_retry_after(relay_factory: RelayFactory,
+                                                         emulator: RunningEmulator) -> None:
     relay = await relay_factory(dialect="qwen-v2", max_concurrency=1)
     slow = {"text": ["slow\n" + directive(ttfb_ms=600)], "target_lang": "FR"}
     async with aiohttp.ClientSession() as session:
         first = asyncio.create_task(post(session, f"{relay}/translate", slow, auth()))
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):  # its completion reached the upstream: it holds the one slot
+            await emulator.state.wait_until(lambda: bool(calls(emulator, "POST", COMPLETIONS)))
         status, headers, body = await post(session, f"{relay}/translate", {"text": "x", "target_lang": "FR"},
                                            auth())
         assert (await first)[0] == 200

@@ -127,17 +127,26 @@ def test_the_prompt_version_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) 
 # --- the service with a cache ---------------------------------------------------------------------------------
 
 class SlowModel:
-    """Answers ``[FR] text`` per key after ``delay_s``; records the texts of each call."""
+    """Answers ``[FR] text`` per key after ``delay_s``, or once ``release`` is set; records the texts of each call.
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    ``called`` is set by the first call: a test waits on it, not on a guessed time.
+    """
+
+    def __init__(self, delay_s: float = 0.0, release: asyncio.Event | None = None) -> None:
         self.delay_s = delay_s
+        self.release = release
         self.calls: list[list[str]] = []
+        self.called = asyncio.Event()
 
     async def __call__(self, chat: ChatRequest, options: ChatOptions) -> Completion:
         prompt = chat.messages[0]["content"]
         items = json.loads(prompt[prompt.rindex('{\n "1"'):])
         self.calls.append(list(items.values()))
-        await asyncio.sleep(self.delay_s)
+        self.called.set()
+        if self.release is not None:
+            await self.release.wait()
+        else:
+            await asyncio.sleep(self.delay_s)
         return Completion(json.dumps({key: f"[FR] {text.strip()}" for key, text in items.items()}), "", "stop", None)
 
 
@@ -164,12 +173,25 @@ async def test_concurrent_identical_items_share_one_flight_and_a_failed_leader_h
                                      for _ in range(20)))
     assert results == [["[FR] Same"]] * 20 and model.calls == [["Same"]] and cache.in_flight == 0
 
+    # Then: the leader is held inside its upstream call, the follower has joined its
+    # flight, and the leader goes. Each step waits for the one before (issue 21: these
+    # were 10 ms sleeps, lost on a loaded machine).
+    held = SlowModel(release=asyncio.Event())
     leader = asyncio.create_task(translate_texts(["Left"], target=FRENCH, source=None, options=OPTIONS,
-                                                 exchange=model, limits=LIMITS, cache=cache))
-    await asyncio.sleep(0.01)
+                                                 exchange=held, limits=LIMITS, cache=cache))
+    async with asyncio.timeout(5):
+        await held.called.wait()
+    looked_up = cache.misses
     follower = asyncio.create_task(translate_texts(["Left"], target=FRENCH, source=None, options=OPTIONS,
-                                                   exchange=model, limits=LIMITS, cache=cache))
-    await asyncio.sleep(0.01)
+                                                   exchange=held, limits=LIMITS, cache=cache))
+    for _ in range(1000):  # a few loop iterations: the follower's lookup, then its join, in one step
+        if cache.misses > looked_up:
+            break
+        await asyncio.sleep(0)
+    assert cache.misses == looked_up + 1 and cache.in_flight == 1, "the follower never joined the flight"
     leader.cancel()  # its client went away: the follower asks on its own
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    held.release.set()
     assert await follower == ["[FR] Left"]
-    assert model.calls[1:] == [["Left"], ["Left"]] and cache.in_flight == 0
+    assert held.calls == [["Left"], ["Left"]] and cache.in_flight == 0
