@@ -14,6 +14,12 @@ any of the fields clients send, each honoured as its author means it:
 - ``thinking_budget`` (and ``budget_tokens``, ``reasoning.max_tokens``) → the upstream's
   ``thinking_budget``.
 
+Search is switched by the ``-search`` id or by ``enable_search`` (DashScope's field;
+the Responses surface sets it for a ``web_search`` tool): true turns search on
+where the model can search (its ``<id>-search`` is listed), and is ignored
+where it cannot, since a search tool only offers the model a way to look
+things up; false turns a ``-search`` id's search off.
+
 A field wins over the model id. Two fields that disagree (one on, one off; or two
 different budgets) are a 400 naming both. A request with no switch gets the
 default: the relay key's ``thinking``, else ``--default-thinking`` (``auto``: the
@@ -169,6 +175,11 @@ def resolve_options(request: ChatRequest, variants: Mapping[str, tuple[str, bool
     if variant is not None:
         model, by_id, search = variant
         thinking = True if by_id else None
+    wants_search = request.body.get("enable_search")
+    if wants_search is not None:
+        if not isinstance(wants_search, bool):
+            raise InvalidRequest("'enable_search' must be a boolean.", param="enable_search", code="invalid_type")
+        search = wants_search and (search or f"{model}-search" in variants)
     if explicit is not None:
         thinking = explicit
     elif thinking is None:

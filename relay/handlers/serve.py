@@ -60,10 +60,10 @@ def serve(surface: Surface) -> Handler:
         caller = identify_caller(request)
         app = request.app
         turn = surface.parse(parse_json_body(await read_body(request)), app)
-        chat = turn.chat
-        info.model, info.stream = chat.model, chat.stream
-        async with caller.admit(chat.model, app[OPERATOR].state):  # a relay key's model, rpm, concurrency
-            await surface.prepare_turn(turn, app)
+        info.model, info.stream = turn.chat.model, turn.chat.stream
+        async with caller.admit(turn.chat.model, app[OPERATOR].state):  # a relay key's model, rpm, concurrency
+            await surface.prepare_turn(turn, app, caller)  # may extend the conversation (a stored response)
+            chat = turn.chat
             if not chat.stream:
                 return await _whole(request, surface, caller, turn)
             # A stream's frames live as long as it does: no frame between this one and _stream's.
@@ -91,6 +91,7 @@ async def _whole(request: web.Request, surface: Surface, caller: Caller, turn: T
     if not answer.content and not answer.tool_calls and answer.finish_reason != "length":
         raise UpstreamProtocolError(_EMPTY_ANSWER, code="upstream_empty_answer")
     usage = answer.usage or estimate_usage(chat.messages, len(answer.content))
+    request[INFO].note_usage(usage)
     response = await json_response(request, dumps(await surface.render(turn, answer, usage, app)))
     request[INFO].bytes_out = response.content_length or 0
     return response
@@ -106,7 +107,9 @@ async def complete_once(request: web.Request, caller: Caller, chat: ChatRequest,
     """
     exchange = until_committed(request.app, partial(_aggregate, request, OPENAI_CHAT, Turn(plan_tools(chat)),
                                                     options))
-    return await gated(request, caller, exchange)
+    answer = await gated(request, caller, exchange)
+    request[INFO].note_usage(answer.usage)
+    return answer
 
 
 async def _aggregate(request: web.Request, surface: Surface, turn: Turn, options: ChatOptions,
@@ -119,7 +122,6 @@ async def _aggregate(request: web.Request, surface: Surface, turn: Turn, options
     stats = StreamStats()
     try:
         async with calls.open(call, credential) as upstream:
-            request[INFO].upstream_attempts = upstream.attempts
             frames = answer_frames(upstream, call, calls.dialect, turn, stats, config,
                                    shows_reasoning=options.shows_reasoning,
                                    reasoning_in_content=surface.reasoning_in_content(app), streaming=False)
@@ -154,7 +156,6 @@ async def _stream(request: web.Request, surface: Surface, turn: Turn, options: C
     try:
         async with calls.open(call, credential) as upstream:
             call = replace(call, body={})  # sent: the prompt need not live as long as the stream
-            info.upstream_attempts = upstream.attempts
             started = time.perf_counter()
             output = _Output(request, stats)
             try:
@@ -168,6 +169,8 @@ async def _stream(request: web.Request, surface: Surface, turn: Turn, options: C
                 return output.response
             finally:
                 info.bytes_out = stats.bytes_out
+                info.note_usage(stats.usage)
+                info.error_code = info.error_code or stats.error_code
                 info.client_gone = info.client_gone or output.client_gone
                 metrics = app[METRICS]
                 metrics.stream_duration.observe(time.perf_counter() - started)

@@ -65,10 +65,10 @@ async def encode(frames: AsyncIterable[Frame], encoder: StreamEncoder, stats: St
         try:
             async for frame in frames:
                 if frame is HEARTBEAT:
-                    data = encoder.keep_alive()
+                    head = b""
                     if not started:
-                        started, data = True, encoder.start() + data
-                    yield data
+                        started, head = True, encoder.start()
+                    yield head + encoder.keep_alive()
                     continue
                 if frame.finish_reason is not None:
                     finish_reason, stop_sequence = frame.finish_reason, frame.stop_sequence
@@ -77,10 +77,11 @@ async def encode(frames: AsyncIterable[Frame], encoder: StreamEncoder, stats: St
                 if not (frame.content or frame.reasoning or frame.tool_calls or frame.extra):
                     continue  # usage or a finish only: nothing to send yet
                 _count(stats, frame)
-                data = encoder.frame(frame)
-                del frame
-                if not started:
-                    started, data = True, encoder.start() + data
+                head = b""
+                if not started:  # the head first: an encoder may number its events
+                    started, head = True, encoder.start()
+                data = head + encoder.frame(frame)
+                del frame, head
                 if data:
                     yield data
                 del data
@@ -90,13 +91,13 @@ async def encode(frames: AsyncIterable[Frame], encoder: StreamEncoder, stats: St
         except RelayError as exc:
             if not started:
                 raise  # nothing sent: the handler answers with a status, or tries again
-            _log.warning("stream_error", extra={"fields": {"error_code": exc.envelope()["error"]["code"]}})
+            stats.error_code = exc.envelope()["error"]["code"]
+            _log.warning("stream_error", extra={"fields": {"error_code": stats.error_code}})
             yield encoder.error(exc)
             return
         head = b"" if started else encoder.start()  # an answer cut by max_tokens before any text
-        completion_chars = stats.content_chars + stats.tool_call_chars
-        yield head + await encoder.finish(finish_reason or "stop", stop_sequence,
-                                          usage or usage_estimate(completion_chars))
+        stats.usage = usage or usage_estimate(stats.content_chars + stats.tool_call_chars)
+        yield head + await encoder.finish(finish_reason or "stop", stop_sequence, stats.usage)
     finally:
         await close_source(frames)
 

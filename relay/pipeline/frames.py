@@ -77,6 +77,10 @@ class StreamStats:
     tool_calls: int = 0
     tool_call_chars: int = 0
     bytes_out: int = 0
+    #: the usage the client was told at the end of the stream (the upstream's, else the estimate).
+    usage: dict[str, Any] | None = None
+    #: the code of the error event that ended the stream, if one did.
+    error_code: str | None = None
     #: the followed response's id (qwen-v2's first ``response.created``), needed to stop generation.
     response_id: str | None = None
     #: web-search results seen so far (qwen-v1), appended to the answer at its end.

@@ -16,6 +16,7 @@ from __future__ import annotations
 from .anthropic import ANTHROPIC
 from .base import Surface, Turn
 from .openai_chat import OPENAI_CHAT
+from .responses import RESPONSES
 
 __all__ = ["SURFACES", "Surface", "Turn"]
 
@@ -23,4 +24,5 @@ __all__ = ["SURFACES", "Surface", "Turn"]
 SURFACES: dict[str, Surface] = {
     "/v1/chat/completions": OPENAI_CHAT,
     "/v1/messages": ANTHROPIC,
+    "/v1/responses": RESPONSES,
 }

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from ..openai_wire import ChatRequest
+    from ..operator.auth import Caller
     from ..pipeline.aggregate import Aggregate
     from ..tooling import ToolPlan
 
@@ -58,8 +59,8 @@ class Surface(Protocol):
     def parse(self, body: Any, app: web.Application) -> Turn:
         """Validate the client's body (``InvalidRequest`` on what its API would refuse)."""
 
-    async def prepare_turn(self, turn: Turn, app: web.Application) -> None:
-        """Anything the turn needs from shared state before it runs (a stored response)."""
+    async def prepare_turn(self, turn: Turn, app: web.Application, caller: Caller) -> None:
+        """Anything the turn needs from shared state before it runs (the caller's stored response)."""
 
     def encoder(self, turn: Turn, stats: StreamStats, app: web.Application) -> StreamEncoder:
         """The stream encoder for ``turn``."""

@@ -27,6 +27,7 @@ from ..jsonio import dumps
 from ..keys import CONFIG
 from ..middleware import error_response
 from ..openai_wire import completion_object, new_completion_id, now, parse_chat_request
+from ..operator.auth import Caller
 from ..pipeline.aggregate import Aggregate
 from ..pipeline.frames import Frame, StreamStats
 from ..pipeline.toolcalls import tool_calls_json
@@ -125,7 +126,7 @@ class OpenAIChat:
         plan = plan_tools(parse_chat_request(body))
         return Turn(plan, stop_sequences=stop_sequences(plan.request.body.get("stop")))
 
-    async def prepare_turn(self, turn: Turn, app: web.Application) -> None:
+    async def prepare_turn(self, turn: Turn, app: web.Application, caller: Caller) -> None:
         return None
 
     def encoder(self, turn: Turn, stats: StreamStats, app: web.Application) -> ChatChunkEncoder:

@@ -84,3 +84,22 @@ def test_default_applies_only_without_a_switch_and_a_field_wins_over_the_id() ->
 
 def test_thinking_default_names() -> None:
     assert (thinking_default("auto"), thinking_default("on"), thinking_default("off")) == (None, True, False)
+
+
+@pytest.mark.parametrize(("model", "enable_search", "expected"), [
+    ("qwen3-max", True, (True, "qwen3-max")),           # the model can search: its -search id is listed
+    ("qwen3-max-thinking", True, (True, "qwen3-max")),  # on the base of a variant id too
+    ("qwen3-coder", True, (False, "qwen3-coder")),      # cannot search: ignored, not refused
+    ("qwen3-max-search", False, (False, "qwen3-max")),  # a field wins over the id
+    ("qwen3-max-search", None, (True, "qwen3-max")),
+])
+def test_enable_search_switches_search_where_the_model_can(model: str, enable_search: bool | None,
+                                                             expected: tuple[bool, str]) -> None:
+    """``enable_search`` (the Responses surface's ``web_search`` tool) resolves like a ``-search`` id."""
+    fields = {} if enable_search is None else {"enable_search": enable_search}
+    request = parse_chat_request({"model": model, "messages": [{"role": "user", "content": "hi"}], **fields})
+    options = resolve_options(request, VARIANTS)
+    assert (options.search, options.upstream_model) == expected
+    with pytest.raises(InvalidRequest):
+        resolve_options(parse_chat_request({"model": model, "messages": [{"role": "user", "content": "hi"}],
+                                            "enable_search": "yes"}), VARIANTS)

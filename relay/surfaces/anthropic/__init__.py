@@ -19,6 +19,7 @@ from aiohttp import web
 from ...errors import InvalidRequest, RelayError
 from ...keys import CONFIG
 from ...openai_wire import parse_chat_request, prompt_chars, usage_for_chars
+from ...operator.auth import Caller
 from ...pipeline.aggregate import Aggregate
 from ...pipeline.frames import StreamStats
 from ...tooling import plan_tools
@@ -44,7 +45,7 @@ class AnthropicMessages:
         plan = plan_tools(parse_chat_request(openai_body(body, qwen_model)))
         return Turn(plan, stop_sequences=stop_sequences(body), client_model=model)
 
-    async def prepare_turn(self, turn: Turn, app: web.Application) -> None:
+    async def prepare_turn(self, turn: Turn, app: web.Application, caller: Caller) -> None:
         return None
 
     def encoder(self, turn: Turn, stats: StreamStats, app: web.Application) -> MessagesEncoder:
