@@ -18,7 +18,7 @@ from .deadline import Deadlines
 from .dialects import get_dialect
 from .dialects.v2_errors import refusal as v2_refusal
 from .dialects.web_headers import WebHeaders
-from .handlers import anthropic, health, models, translate
+from .handlers import anthropic, health, images, models, responses, status, translate
 from .handlers.serve import serve
 from .keys import (
     CALLS,
@@ -31,6 +31,7 @@ from .keys import (
     NONSTREAM_DEADLINES,
     OPERATOR,
     POOL_MODELS,
+    STATUS,
     TRANSLATION_CACHE,
     UPSTREAM,
 )
@@ -42,6 +43,7 @@ from .models_cache import ModelsCache
 from .operator import Operator
 from .operator.logins import Logins
 from .state import open_state
+from .status import StatusBoard
 from .surfaces import SURFACES
 from .translate.cache import open_translation_cache
 from .upstream import Egress, UpstreamClient
@@ -53,7 +55,8 @@ __all__ = ["make_app"]
 _ERROR_ENVELOPES = {path: surface.error_response for path, surface in SURFACES.items()}
 _ERROR_ENVELOPES["/v1/messages/count_tokens"] = SURFACES["/v1/messages"].error_response
 
-_log = logging.getLogger("relay.error")
+#: starts and stops (``emulator_started``), as server.py's ``listening`` and ``drain_*``.
+_log = logging.getLogger("relay.lifecycle")
 
 def make_app(config: Config) -> web.Application:
     """Build the relay application; resources open on startup and close on cleanup."""
@@ -63,14 +66,17 @@ def make_app(config: Config) -> web.Application:
     app[NONSTREAM_DEADLINES] = Deadlines(config.timeouts.nonstream_deadline_s)
     gate = app[GATE] = ConcurrencyGate(config.limits.max_concurrency)
     lifecycle = app[LIFECYCLE] = Lifecycle()
-    metrics = app[METRICS] = Metrics()
+    metrics = app[METRICS] = Metrics(config.metrics_dir)
     metrics.gauges.update({
         "qwen_relay_in_flight": ("Chat completions holding a concurrency slot.", lambda: gate.in_flight),
-        "qwen_relay_max_concurrency": ("The --max-concurrency limit.", lambda: gate.capacity),
-        "qwen_relay_rejected_total": ("Requests refused with 429 because the relay was full.",
-                                      lambda: gate.rejected),
+        "qwen_relay_max_concurrency": ("Concurrency slots: --max-concurrency, times the workers with --workers.",
+                                       lambda: gate.capacity),
         "qwen_relay_draining": ("1 while the relay drains after SIGTERM.", lambda: int(lifecycle.draining)),
     })
+    metrics.counters["qwen_relay_rejected_total"] = ("Requests refused with 429 because the relay was full.",
+                                                     lambda: gate.rejected)
+    # First, so cleaned up last: a worker's final counts are published after everything else closed.
+    app.cleanup_ctx.append(_metrics_context)
     state = open_state(config.state, config.state_timeout_s, config.state_lease_s)
     operator = app[OPERATOR] = Operator(config.operator, state)
     metrics.collectors.append(operator.render_metrics)
@@ -80,17 +86,32 @@ def make_app(config: Config) -> web.Application:
         state=state)
     if translations is not None:
         metrics.collectors.append(translations.render_metrics)
+    app[STATUS] = StatusBoard(state, metrics, config.usage_days)
     app.cleanup_ctx.append(_upstream_context)
+    # After _upstream_context, so cleaned up before it: pending usage is written before the state closes.
+    app.cleanup_ctx.append(_status_context)
+    # After _upstream_context (it needs the egress and the dialect): image uploads, relay/images.
+    app.cleanup_ctx.append(images.images_context)
     app.on_response_prepare.append(response_headers(config))
     routes: dict[str, dict[str, Handler]] = {
         "/healthz": {"GET": health.healthz, "HEAD": health.healthz},
         "/metrics": {"GET": health.metrics},
+        # The operator's view, admin keys only (relay/status): read-only, any other method 405.
+        "/status": {"GET": status.status_page, "HEAD": status.status_page},
+        "/status.json": {"GET": status.status_json, "HEAD": status.status_json},
+        "/status/usage": {"GET": status.status_usage, "HEAD": status.status_usage},
         "/v1/models": {"GET": models.list_models, "OPTIONS": preflight},
+        "/v1/models/{model:.+}": {"GET": models.retrieve_model, "OPTIONS": preflight},  # ids may hold a '/'
+        # A stored /v1/responses answer (relay/surfaces/responses/store.py), to its owner only.
+        "/v1/responses/{response_id}": {"GET": responses.retrieve_response, "OPTIONS": preflight},
         # The API surfaces (relay/surfaces): one handler, each surface its own wire and envelope.
         **{path: {"POST": serve(surface), "OPTIONS": preflight} for path, surface in SURFACES.items()},
         "/v1/messages/count_tokens": {"POST": anthropic.count_tokens, "OPTIONS": preflight},
         # Clients that probe the base URL (Claude Code: HEAD /).
         "/": {"GET": anthropic.root, "HEAD": anthropic.root},
+        # Qwen Chat's t2i and image_edit chats (relay/images, handlers/images.py).
+        "/v1/images/generations": {"POST": images.generations, "OPTIONS": preflight},
+        "/v1/images/edits": {"POST": images.edits, "OPTIONS": preflight},
         # Translation plugins' own APIs (DeepLX, Immersive's and Kiss's custom APIs): handlers/translate.py.
         "/translate": {"POST": translate.deeplx, "OPTIONS": preflight},
         "/imme": {"POST": translate.immersive, "OPTIONS": preflight},
@@ -106,6 +127,18 @@ def make_app(config: Config) -> web.Application:
     # Last, so it matches only what nothing above does: a 404 envelope.
     app.router.add_route("*", "/{path:.*}", relay_route(not_found, "unmatched"))
     return app
+
+
+async def _metrics_context(app: web.Application) -> AsyncIterator[None]:
+    """``--workers``: publish this worker's metrics for the others to read (nothing for one process)."""
+    async with app[METRICS].publishing():
+        yield
+
+
+async def _status_context(app: web.Application) -> AsyncIterator[None]:
+    """The status board's minute sampler; on the way out, the usage still pending is written."""
+    async with app[STATUS].running():
+        yield
 
 
 async def _upstream_context(app: web.Application) -> AsyncIterator[None]:

@@ -3,26 +3,29 @@
 Precedence is flag > ``QWEN_RELAY_<NAME>`` env var > default (uvicorn's
 ``auto_envvar_prefix``). The result is one frozen ``Config``.
 
-Subcommands: ``smoke`` (check a running relay), ``bench``, ``hash-key``
-(print the ``sha256:<hex>`` of a relay key read from stdin, for ``[[operator.keys]]``),
+Subcommands (``SUBCOMMANDS``, which both runs them and lists them in ``--help``):
+``smoke`` (check a running relay), ``bench``, ``hash-key`` (print the
+``sha256:<hex>`` of a relay key read from stdin, for ``[[operator.keys]]``),
 ``login`` (sign an account in, into the accounts file) and ``doctor`` (check the
-way to Qwen Chat and one account, step by step).
+way to Qwen Chat and one account, step by step). ``--version`` prints the version.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DEFAULT_AUTH_ORIGIN, LOG_LEVELS, Config, Limits, Timeouts, WebClient
+from . import __version__
+from .config import DEFAULT_AUTH_ORIGIN, LOG_LEVELS, Config, Images, Limits, Timeouts, WebClient
 from .config_file import ConfigFile, ConfigFileError, load_config_file
 from .operator.config import OperatorConfig, hash_key, with_env
 
-__all__ = ["ENV_PREFIX", "hash_key_main", "load_operator", "main", "parse_config"]
+__all__ = ["ENV_PREFIX", "SUBCOMMANDS", "hash_key_main", "load_operator", "main", "parse_config"]
 
 ENV_PREFIX = "QWEN_RELAY_"
 
@@ -111,6 +114,15 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("--translation-cache-mb", float, _DEFAULTS.translation_cache_mb,
              "bound of the memory translation cache in MiB (keys' and translations' bytes; "
              "least recently used go first)"),
+    _Setting("--fetch-image-urls", _bool, _DEFAULTS.images.fetch_urls,
+             "download http(s) image URLs of chat requests (public addresses only, <= 20 MB, image/*) "
+             "to upload them to Qwen Chat; off: such URLs get 400 image_url_not_allowed"),
+    _Setting("--upload-cache-ttl", float, _DEFAULTS.images.upload_cache_ttl_s,
+             "seconds an uploaded image is re-used for the same account and bytes"),
+    _Setting("--images-max-n", int, _DEFAULTS.images.max_n,
+             "most images one /v1/images/generations or /edits request may ask for (n)"),
+    _Setting("--image-model", str, _DEFAULTS.images.model,
+             "the Qwen Chat model that generates images when a request names none (or an OpenAI one)"),
     _Setting("--keep-chats", _bool, _DEFAULTS.keep_chats,
              "keep the chats the relay creates in the Qwen Chat account instead of deleting them"),
     _Setting("--default-thinking", str, _DEFAULTS.default_thinking,
@@ -159,6 +171,11 @@ _SETTINGS: tuple[_Setting, ...] = (
              "seconds a request waits on one state backend call before it fails open"),
     _Setting("--state-lease", float, _DEFAULTS.state_lease_s,
              "seconds a Redis concurrency slot outlives a relay that died holding it"),
+    _Setting("--usage-days", int, _DEFAULTS.usage_days,
+             "days of usage per relay key and account kept in the state backend (GET /status/usage)"),
+    _Setting("--responses-ttl", float, _DEFAULTS.responses_ttl_s,
+             "seconds a finished /v1/responses answer is kept in the state backend for "
+             "previous_response_id and GET /v1/responses/{id} (0 = none kept)"),
     _Setting("--record", str, None,
              "write every upstream exchange, secrets replaced, as one JSON file (0600) to this "
              "directory (0700): for diagnosis, and for the emulator's replay mode"),
@@ -168,14 +185,46 @@ _SETTINGS: tuple[_Setting, ...] = (
 _SETTING_NAMES = frozenset(setting.dest for setting in _SETTINGS)
 
 
+@dataclass(frozen=True, slots=True)
+class _Subcommand:
+    module: str
+    function: str
+    help: str
+
+
+#: ``qwen-relay NAME ...``: the function that runs it (``(argv) -> exit code``, imported only then,
+#: so the relay itself starts without them) and its line in ``--help``; one table, so the two agree.
+SUBCOMMANDS: dict[str, _Subcommand] = {
+    "smoke": _Subcommand("relay.smoke", "main",
+                         "check a running relay: list the models, stream one short completion"),
+    "bench": _Subcommand("relay.bench", "main",
+                         "measure this build on loopback against the bundled emulator"),
+    "hash-key": _Subcommand("relay.cli", "hash_key_main",
+                            "print the sha256:<hex> of a relay key read from stdin, for [[operator.keys]]"),
+    "login": _Subcommand("relay.login", "main",
+                         "sign an account in at the auth host and write it into the accounts file"),
+    "doctor": _Subcommand("relay.doctor", "main",
+                          "check the way to Qwen Chat and one account, step by step"),
+}
+
+
+def _subcommands_help() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {command.help}" for name, command in SUBCOMMANDS.items()]
+    return "subcommands ('qwen-relay NAME --help' for each):\n" + "\n".join(lines)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qwen-relay",
-        description="OpenAI-compatible relay for the Qwen Chat web service. "
-        "'qwen-relay smoke --help' checks a running relay.",
+        usage="qwen-relay [FLAGS]   (serve)\n       qwen-relay {" + ",".join(SUBCOMMANDS) + "} ...",
+        description="OpenAI-compatible relay for the Qwen Chat web service.\n"
+        "Without a subcommand it serves, set up by the flags below.\n\n" + _subcommands_help(),
         epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, "
         f"e.g. {ENV_PREFIX}MAX_CONCURRENCY=200; the flag wins.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the subcommand table's lines
     )
+    parser.add_argument("--version", action="version", version=f"qwen-relay {__version__}")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help=f"TOML file with [relay] settings and [upstream.headers] (env {ENV_PREFIX}CONFIG)")
     for setting in _SETTINGS:
@@ -254,6 +303,8 @@ def parse_config(argv: Sequence[str] | None = None,
             proxy=v["proxy"] or None,
             ca_file=file.ca_file,
             web=WebClient(version=v["web_version"], **file.web),
+            images=Images(fetch_urls=v["fetch_image_urls"], upload_cache_ttl_s=v["upload_cache_ttl"],
+                          max_n=v["images_max_n"], model=v["image_model"], **file.images),
             challenge_cooldown_s=v["challenge_cooldown"],
             max_upstream_body_bytes=v["max_upstream_body_bytes"],
             keep_chats=v["keep_chats"],
@@ -270,6 +321,8 @@ def parse_config(argv: Sequence[str] | None = None,
             state=v["state"],
             state_timeout_s=v["state_timeout"],
             state_lease_s=v["state_lease"],
+            usage_days=v["usage_days"],
+            responses_ttl_s=v["responses_ttl"],
             record_dir=v["record"] or None,
             timeouts=Timeouts(upstream_s=v["timeout"], client_body_s=v["body_timeout"],
                               queue_s=v["queue_timeout"], nonstream_deadline_s=v["nonstream_deadline"],
@@ -316,8 +369,12 @@ def hash_key_main(argv: Sequence[str], stdin: Any = None, stdout: Any = None) ->
     """
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
+    usage = "usage: qwen-relay hash-key < keyfile   (reads the key from stdin)"
+    if list(argv) in (["-h"], ["--help"]):
+        print(usage, file=stdout)
+        return 0
     if argv:
-        print("usage: qwen-relay hash-key < keyfile   (reads the key from stdin)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     key = stdin.read().strip()
     if not key:
@@ -330,28 +387,13 @@ def hash_key_main(argv: Sequence[str], stdin: Any = None, stdout: Any = None) ->
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``qwen-relay`` and ``python -m relay``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["smoke"]:
-        from .smoke import main as smoke_main
-
-        sys.exit(smoke_main(args[1:]))
-    if args[:1] == ["bench"]:
-        from .bench import main as bench_main
-
-        sys.exit(bench_main(args[1:]))
-    if args[:1] == ["hash-key"]:
-        sys.exit(hash_key_main(args[1:]))
-    if args[:1] == ["login"]:
-        from .login import main as login_main
-
-        sys.exit(login_main(args[1:]))
-    if args[:1] == ["doctor"]:
-        from .doctor import main as doctor_main
-
-        sys.exit(doctor_main(args[1:]))
-    from .server import run  # imported here so ``--help`` stays fast
-
-    config = parse_config(args)
+    command = SUBCOMMANDS.get(args[0]) if args else None
+    if command is not None:
+        run_command: Callable[[list[str]], int] = getattr(importlib.import_module(command.module), command.function)
+        sys.exit(run_command(args[1:]))
+    config = parse_config(args)  # --help and --version exit here, before the server is imported
     environ = dict(os.environ)
+    from .server import run  # imported here so that --help stays fast
 
     def reload() -> OperatorConfig:
         return load_operator(config.config_file, environ)

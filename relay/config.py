@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .operator.config import OperatorConfig
 
-__all__ = ["DEFAULT_AUTH_ORIGIN", "DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "PROXY_SCHEMES", "TRANSLATION_CACHES", "Config", "Limits", "Timeouts", "WebClient", "proxy_problem", "zone"]
+__all__ = ["DEFAULT_AUTH_ORIGIN", "DEFAULT_MAX_UPSTREAM_BODY_BYTES", "DIALECT_NAMES", "EMULATOR_UPSTREAM", "LOG_LEVELS", "LOOPS", "PROXY_SCHEMES", "TRANSLATION_CACHES", "Config", "Images", "Limits", "Timeouts", "WebClient", "proxy_problem", "zone"]
 
 #: ``--upstream emulator`` starts the bundled Qwen Chat emulator in-process.
 EMULATOR_UPSTREAM = "emulator"
@@ -93,6 +93,40 @@ class WebClient:
             raise ValueError(f"[upstream] timezone: unknown IANA time zone {self.timezone!r}") from exc
 
 
+#: ``[upstream] oss_signing``: how uploads to Qwen Chat's OSS bucket are signed (QWEN_IMAGES.md §1.3).
+OSS_SIGNINGS = ("v4", "v1")
+
+
+@dataclass(frozen=True, slots=True)
+class Images:
+    """Image input (uploads) and output (``/v1/images/*``), issue 20."""
+
+    #: ``--fetch-image-urls``: download ``http(s)`` image URLs of a request (public addresses
+    #: only) to upload them; off, such a URL is refused, since fetching it lets a client
+    #: make the relay reach any host.
+    fetch_urls: bool = False
+    #: an upload is re-used this long per (account, bytes): agents resend the same screenshot
+    #: every turn; 600 s stays well inside a working session and frees the memory soon after.
+    upload_cache_ttl_s: float = 600.0
+    #: most images per ``/v1/images/*`` request: each is a chat of its own (~20 s, one credit).
+    max_n: int = 4
+    #: the chat model of a generation when the request names none (or an OpenAI image model).
+    model: str = "qwen3-max"
+    #: ``[upstream] oss_signing``: V4 (the browser SDK's today) or V1 (what other relays use).
+    oss_signing: str = "v4"
+    #: ``[upstream] oss_base_url``: OSS uploads go to this base URL instead (the signed
+    #: resource and the ``Host`` stay the bucket's): tests, an operator's own forwarder.
+    oss_base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.upload_cache_ttl_s >= 0, "--upload-cache-ttl must not be negative")
+        _require(1 <= self.max_n <= 10, "--images-max-n must be between 1 and 10")
+        _require(bool(self.model.strip()), "--image-model must name a model")
+        _require(self.oss_signing in OSS_SIGNINGS, "[upstream] oss_signing must be \"v4\" or \"v1\"")
+        _require(self.oss_base_url is None or self.oss_base_url.startswith(("http://", "https://")),
+                 "[upstream] oss_base_url must be an http(s):// URL")
+
+
 def zone(name: str) -> tzinfo:
     """The ``tzinfo`` of an IANA name; UTC needs no time zone database."""
     if name.upper() in ("UTC", "ETC/UTC", "Z"):
@@ -138,6 +172,8 @@ class Config:
     upstream_headers: tuple[tuple[str, str], ...] = ()
     #: how the relay presents itself to Qwen Chat (qwen-v2, docs/qwen-protocol.md §7.2).
     web: WebClient = field(default_factory=lambda: WebClient())
+    #: image input and output (issue 20).
+    images: Images = field(default_factory=lambda: Images())
     #: a credential answered with risk control rests this long (§7.5: retrying deepens the mark).
     challenge_cooldown_s: float = 900.0
     #: a qwen-v2 completion body larger than this (encoded JSON) is refused with 400
@@ -181,6 +217,9 @@ class Config:
     config_file: str | None = None
     #: worker processes sharing one listening socket; 1 = no supervisor (one core, as before).
     workers: int = 1
+    #: not a flag: the supervisor's run directory where every worker's metrics meet
+    #: (``relay/metrics_files.py``); None: one process, its /metrics its own.
+    metrics_dir: str | None = None
     #: where key limits, token flags and model lists live: ``memory`` or a ``redis://`` URL.
     state: str = "memory"
     #: the longest a request waits on one state backend call: a few Redis round trips
@@ -195,6 +234,13 @@ class Config:
     #: ``--record``: write every upstream exchange, secrets replaced, as a JSON file here
     #: (``relay/upstream/recording.py``); None: nothing is recorded (the normal case).
     record_dir: str | None = None
+    #: ``--usage-days``: usage per key and account per UTC day is kept this long in the state
+    #: backend (/status/usage): a month, what a monthly bill or quota is checked against.
+    usage_days: int = 30
+    #: ``--responses-ttl``: a finished ``/v1/responses`` answer stays in the state backend this
+    #: long, for ``previous_response_id`` and ``GET /v1/responses/{id}`` (0: none is kept): an
+    #: hour covers the turns of a working session, and a conversation is not kept much past it.
+    responses_ttl_s: float = 3600.0
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "--port must be between 0 and 65535")
@@ -246,6 +292,8 @@ class Config:
                  "--state must be 'memory' or a redis:// URL")
         _require(self.state_timeout_s > 0, "--state-timeout must be positive")
         _require(self.state_lease_s >= 1, "--state-lease must be at least 1 second")
+        _require(1 <= self.usage_days <= 3660, "--usage-days must be between 1 and 3660")
+        _require(self.responses_ttl_s >= 0, "--responses-ttl must not be negative")
         _require(bool(self.cors_origins), "--cors-origins must name at least one origin or '*'")
         _require(self.record_dir is None or bool(self.record_dir.strip()), "--record must be a directory path")
         _require(self.record_dir is None or not os.path.exists(self.record_dir) or os.path.isdir(self.record_dir),

@@ -16,6 +16,8 @@ start with the line and the field, never half-applied.
     user_agent = "Mozilla/5.0 …"       # replaces the User-Agent and its client hints
     bearer = true                      # Authorization: Bearer beside the token cookie
     ca_file = "ca.pem"                 # trusted beside the system CAs; relative to this file
+    oss_signing = "v4"                 # image uploads to Qwen's OSS: "v4" (default) or "v1"
+    oss_base_url = "http://10.0.0.5:8000"  # OSS uploads sent here; Host and signature stay the bucket's
 
     [upstream.headers]
     "bx-v" = "2.5.36"
@@ -58,6 +60,8 @@ class ConfigFile:
     headers: tuple[tuple[str, str], ...] = ()
     #: ``[upstream]`` settings of the web client: cookies, timezone, user_agent, bearer.
     web: dict[str, Any] = field(default_factory=dict)
+    #: ``[upstream] oss_signing`` and ``oss_base_url`` (image uploads, issue 20).
+    images: dict[str, Any] = field(default_factory=dict)
     #: ``[upstream] ca_file``, resolved against the file's directory; checked to exist.
     ca_file: str | None = None
     #: None when the file has no ``[operator]`` table.
@@ -130,6 +134,7 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
     headers: list[tuple[str, str]] = []
     web: dict[str, Any] = {}
     ca_file: str | None = None
+    images: dict[str, Any] = {}
     for key, value in upstream.items():
         if key == "headers":
             if not isinstance(value, dict):
@@ -147,17 +152,25 @@ def load_config_file(path: str, known_settings: frozenset[str]) -> ConfigFile:
             if not resolved.is_file():
                 raise fail("upstream.ca_file", f"no such file: {resolved}")
             ca_file = str(resolved)
+        elif key == "oss_signing":
+            if value not in ("v4", "v1"):
+                raise fail("upstream.oss_signing", 'must be "v4" or "v1"')
+            images[key] = value
+        elif key == "oss_base_url":
+            if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+                raise fail("upstream.oss_base_url", "must be an http(s):// URL")
+            images[key] = value.rstrip("/")
         elif key == "bearer":
             if not isinstance(value, bool):
                 raise fail("upstream.bearer", "must be true or false")
             web[key] = value
         else:
             raise fail(f"upstream.{key}", "unknown setting (expected headers, cookies, timezone, user_agent, "
-                                          "bearer or ca_file)")
+                                          "bearer, ca_file, oss_signing or oss_base_url)")
     operator = parse_operator(data["operator"], fail, line_in_key) if "operator" in data else None
     anthropic_models = _anthropic_models(data["surfaces"], fail) if "surfaces" in data else None
-    return ConfigFile(settings=settings, headers=tuple(headers), web=web, ca_file=ca_file, operator=operator,
-                      anthropic_models=anthropic_models)
+    return ConfigFile(settings=settings, headers=tuple(headers), web=web, ca_file=ca_file, images=images,
+                      operator=operator, anthropic_models=anthropic_models)
 
 
 def _anthropic_models(surfaces: Any, fail: Any) -> tuple[tuple[str, str], ...] | None:

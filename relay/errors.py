@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "AdminKeyRequired",
     "AuthenticationFailed",
     "BodyTooLarge",
     "Draining",
+    "ImageTooLarge",
+    "ImageUrlNotAllowed",
     "InvalidRequest",
     "KeyRateLimited",
     "MethodNotAllowed",
@@ -27,6 +30,7 @@ __all__ = [
     "RelayError",
     "RequestTimeout",
     "StreamLimitExceeded",
+    "UnsupportedImage",
     "UpstreamChallenge",
     "UpstreamError",
     "UpstreamInterrupted",
@@ -35,6 +39,7 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "UpstreamUploadFailed",
 ]
 
 
@@ -116,10 +121,36 @@ class OriginNotAllowed(InvalidRequest):
     code = "origin_not_allowed"
 
 
+class ImageTooLarge(InvalidRequest):
+    """An input image over the 20 MB Qwen Chat accepts per file (issue 20)."""
+
+    code = "image_too_large"
+
+
+class UnsupportedImage(InvalidRequest):
+    """An input that is not an image the relay can hand to Qwen Chat (bad data URI, not PNG/JPEG/…)."""
+
+    code = "unsupported_image"
+
+
+class ImageUrlNotAllowed(InvalidRequest):
+    """An image URL the relay will not fetch: ``--fetch-image-urls`` is off, or the target is not public."""
+
+    code = "image_url_not_allowed"
+
+
 class AuthenticationFailed(RelayError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class AdminKeyRequired(RelayError):
+    """``/status``: a valid relay key, but not one of ``[operator] admin_keys`` (issue 21)."""
+
+    status = 403
+    type = "permission_error"
+    code = "admin_key_required"
 
 
 class Overloaded(RelayError):
@@ -199,6 +230,12 @@ class UpstreamChallenge(UpstreamProtocolError):
     """An anti-bot (WAF) HTML page instead of JSON or SSE (§2.5, §4.5)."""
 
     code = "upstream_challenge"
+
+
+class UpstreamUploadFailed(UpstreamError):
+    """Qwen Chat's file store (OSS) refused an upload; the message carries OSS's ``<Code>``."""
+
+    code = "upstream_upload_failed"
 
 
 class StreamLimitExceeded(UpstreamProtocolError):

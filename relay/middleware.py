@@ -14,8 +14,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -25,13 +26,17 @@ from .errors import (
     BodyTooLarge,
     Draining,
     InvalidRequest,
+    KeyRateLimited,
     MethodNotAllowed,
+    ModelNotAllowed,
     NotFound,
     OriginNotAllowed,
     RelayError,
 )
-from .keys import CONFIG, LIFECYCLE, METRICS
-from .logs import DeferredLog, request_id_var
+from .images.counters import take_request_images
+from .keys import CONFIG, LIFECYCLE, METRICS, STATUS
+from .logs import DeferredLog, request_id_var, request_tally_var
+from .metrics import Metrics
 
 __all__ = ["API_PATHS", "INFO", "RequestInfo", "error_response", "method_not_allowed", "not_found", "preflight", "relay_route",
            "response_headers"]
@@ -48,9 +53,20 @@ _EXPOSE_HEADERS = "Retry-After, X-Request-Id"
 _PREFLIGHT_MAX_AGE_S = "86400"
 
 
+#: the error codes of a relay key's own limits (rpm, max_concurrent, models): its "rejections".
+_KEY_REJECTIONS = frozenset({KeyRateLimited.code, ModelNotAllowed.code})
+
+
 @dataclass(slots=True)
 class RequestInfo:
-    """What a handler learns about a request, for its access-log line."""
+    """What a handler learns about a request, for its access-log line and the usage records.
+
+    Who: ``key_name``, ``account_name`` and ``challenged`` are filled by
+    ``operator.auth`` (it is the ``Served`` record of the caller) for every
+    surface. What: ``prompt_tokens`` and ``completion_tokens`` by the handler
+    once the answer's usage is known (``note_usage``), and ``error_code`` for an
+    error after the response was committed (an in-stream error event).
+    """
 
     request_id: str
     model: str | None = None
@@ -59,6 +75,32 @@ class RequestInfo:
     upstream_attempts: int = 0
     error_code: str | None = None
     client_gone: bool = False
+    #: the relay key's name (operator mode).
+    key_name: str | None = None
+    #: the pool credential that served the request: an account's name, or a pool token's fingerprint.
+    account_name: str | None = None
+    #: pool credentials that met risk control during the request (it moved on to another).
+    challenged: tuple[str, ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: ``time.perf_counter()`` when the answer's head went out (0: not yet), and whether it is an SSE stream.
+    first_byte_at: float = 0.0
+    stream_open: bool = False
+
+    def note_usage(self, usage: Mapping[str, Any] | None) -> None:
+        """Add an answer's usage: OpenAI's ``prompt_tokens``/``completion_tokens`` or ``input_``/``output_tokens``.
+
+        Adds rather than sets: a request that asks the model more than once (a
+        translation batch) counts every answer.
+        """
+        if not usage:
+            return
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt > 0:
+            self.prompt_tokens += prompt
+        if isinstance(completion, int) and not isinstance(completion, bool) and completion > 0:
+            self.completion_tokens += completion
 
 
 INFO = web.RequestKey("relay_info", RequestInfo)
@@ -99,6 +141,7 @@ def relay_route(handler: Handler, label: str, on_request: Callable[[], None] | N
         # its own context), and the id should stay on the lines logged while the
         # response is written, and is read back by the response-headers hook.
         request_id_var.set(info.request_id)
+        request_tally_var.set(info)  # the transport counts its upstream attempts into it
         status = 500
         try:
             try:
@@ -107,6 +150,7 @@ def relay_route(handler: Handler, label: str, on_request: Callable[[], None] | N
                                    retry_after_s=1)
                 response = await handler(request)
             except RelayError as exc:
+                info.error_code = info.error_code or exc.instance_code or exc.code  # whatever the envelope
                 response = render(exc)
             except web.HTTPException as exc:
                 response = render(_from_http(exc))
@@ -118,7 +162,13 @@ def relay_route(handler: Handler, label: str, on_request: Callable[[], None] | N
                 _error.exception("unhandled_error", extra={"fields": {"path": request.path}})
                 response = render(RelayError("The relay failed while handling this request."))
             status = response.status
+            if app[LIFECYCLE].draining:
+                # Connection: close, so that a keep-alive client (nginx's pool, an SDK) reconnects, to
+                # another worker or host, instead of meeting this draining one again (issue 21).
+                response.force_close()
             if status >= 400 and isinstance(response, web.Response):  # errors only: successes skip both checks
+                if not info.bytes_out:
+                    info.bytes_out = response.content_length or 0  # the envelope, for the access line
                 if status == 408 and response.keep_alive is False:
                     await _send_and_close(request, response)
                 if info.error_code is None:
@@ -130,6 +180,9 @@ def relay_route(handler: Handler, label: str, on_request: Callable[[], None] | N
             metrics = app[METRICS]
             metrics.count_request(request.method, label, status)
             metrics.bytes_out += info.bytes_out
+            _count_answer(metrics, info, label, status, started)
+            if info.key_name is not None or info.account_name is not None or info.challenged:
+                _record_usage(app, info, status)
             if _access.isEnabledFor(logging.INFO):
                 _log_access(request, info, status, started)
 
@@ -148,11 +201,43 @@ def method_not_allowed(allowed: str) -> Handler:
 
 async def not_found(request: web.Request) -> web.StreamResponse:
     """The handler for every path the relay does not serve."""
-    raise NotFound("Unknown path. The API lives under /v1: /v1/models and /v1/chat/completions.")
+    raise NotFound("Unknown path. The API lives under /v1: /v1/models, /v1/chat/completions, /v1/messages, "
+                   "/v1/responses.")
+
+
+def _count_answer(metrics: Metrics, info: RequestInfo, route: str, status: int, started: float) -> None:
+    """The request's timing, error code and tokens into /metrics; a stream it opened is closed now.
+
+    A whole answer returned by its handler goes out right after this: its first
+    byte is counted as now. A client that went away (499) is not an error here,
+    as in the usage records.
+    """
+    now = time.perf_counter()
+    metrics.time_request(route, now - started, (info.first_byte_at or now) - started)
+    if (status >= 400 or info.error_code is not None) and not info.client_gone:
+        metrics.count_error(route, info.error_code or f"http_{status}")
+    if info.key_name is not None:
+        metrics.count_usage(info.key_name, info.prompt_tokens, info.completion_tokens)
+    if info.stream_open:
+        metrics.streams_open -= 1
+
+
+def _record_usage(app: web.Application, info: RequestInfo, status: int) -> None:
+    """Count the request for its key and account, today; never waits (``relay/status/usage.py``).
+
+    An error is a status of 400 or more, or an error event after a 200; a client
+    that went away (499) is not the relay's error. A rejection is the key's own
+    limit refusing it.
+    """
+    failed = not info.client_gone and (status >= 400 or info.error_code is not None)
+    app[STATUS].usage.record(
+        key=info.key_name, account=info.account_name, failed=failed,
+        rejected=info.key_name is not None and info.error_code in _KEY_REJECTIONS,
+        prompt_tokens=info.prompt_tokens, completion_tokens=info.completion_tokens, challenged=info.challenged)
 
 
 def _log_access(request: web.Request, info: RequestInfo, status: int, started: float) -> None:
-    _access_lines.add({
+    line = {
         # request_id first: where the formatter would have put it (see DeferredLog).
         "request_id": info.request_id,
         # pid: which worker served it (--workers); a ~0.1 µs syscall (glibc caches no pid).
@@ -160,7 +245,11 @@ def _log_access(request: web.Request, info: RequestInfo, status: int, started: f
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         "bytes_out": info.bytes_out, "model": info.model, "stream": info.stream,
         "upstream_attempts": info.upstream_attempts, "error_code": info.error_code,
-    })
+    }
+    images_in, images_out = take_request_images()  # counts only: never an image's bytes or URL
+    if images_in or images_out:
+        line["images_in"], line["images_out"] = images_in, images_out
+    _access_lines.add(line)
 
 
 async def _send_and_close(request: web.Request, response: web.Response) -> None:
@@ -219,6 +308,12 @@ def response_headers(config: Config) -> ResponseHook:
     origins = config.cors_origins
 
     async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+        info = request.get(INFO)
+        if info is not None and not info.first_byte_at:  # the head goes out now: time to first byte
+            info.first_byte_at = time.perf_counter()
+            if response.content_type == "text/event-stream":
+                info.stream_open = True
+                request.app[METRICS].streams_open += 1
         headers = response.headers
         request_id = request_id_var.get()
         if request_id is not None:  # None: an answer aiohttp made before the middleware ran

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["WINDOW_S", "Admission", "Lease", "MemoryState", "RpmWindow", "StateBackend", "TokenFlags"]
+from .usage import UsageCounts, expires_at_s
+
+__all__ = ["WINDOW_S", "Admission", "Lease", "MemoryState", "RpmWindow", "StateBackend", "TokenFlags",
+           "UsageCounts"]
 
 #: rpm is counted over a sliding window of this length.
 WINDOW_S = 60.0
+#: blobs the memory backend keeps at once, and their bytes; beyond either the oldest go first.
+MAX_MEMORY_BLOBS = 10_000
+MAX_MEMORY_BLOB_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,26 @@ class StateBackend(Protocol):
 
     async def release_lock(self, name: str, token: str) -> None: ...
 
+    async def add_usage(self, day: str, counts: Mapping[tuple[str, str, str], int], keep_days: int) -> None:
+        """Add ``(kind, name, counter) → n`` to the usage of the UTC ``day`` (``YYYY-MM-DD``).
+
+        The day's record goes away ``keep_days`` days after the day began (``--usage-days``);
+        a day already that old is not kept at all.
+        """
+
+    async def load_usage(self, days: Sequence[str]) -> dict[str, UsageCounts]:
+        """The usage of each of ``days`` (an empty record for a day with none, or expired)."""
+
+    async def put_blob(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Keep ``value`` under ``key`` for ``ttl_s`` seconds (a stored /v1/responses answer).
+
+        Best effort: memory keeps at most ``MAX_MEMORY_BLOBS`` / ``MAX_MEMORY_BLOB_BYTES``,
+        Redis fails open (nothing stored while it is down).
+        """
+
+    async def get_blob(self, key: str) -> bytes | None:
+        """What ``put_blob`` stored under ``key`` by any relay sharing the backend, or None."""
+
     def status(self) -> str:
         """"ok", or "down" while the backend cannot be reached (requests fail open)."""
 
@@ -135,11 +161,18 @@ class MemoryState:
 
     name = "memory"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self._wall_clock = wall_clock
         self._windows: dict[str, RpmWindow] = {}
         self._in_flight: dict[str, int] = {}
         self._next_id = 0
+        #: day → its usage, with the wall-clock second it expires: at most --usage-days days.
+        self._usage: dict[str, tuple[float, UsageCounts]] = {}
+        #: key → (monotonic expiry, value), oldest first; ``_blob_bytes`` is the values' total.
+        self._blobs: dict[str, tuple[float, bytes]] = {}
+        self._blob_bytes = 0
 
     async def admit(self, key: str, rpm: int | None, max_concurrent: int | None) -> Admission:
         held = self._in_flight.get(key, 0)
@@ -195,6 +228,52 @@ class MemoryState:
 
     async def release_lock(self, name: str, token: str) -> None:
         return None
+
+    async def add_usage(self, day: str, counts: Mapping[tuple[str, str, str], int], keep_days: int) -> None:
+        self._expire_usage()
+        expires = expires_at_s(day, keep_days)
+        if expires <= self._wall_clock():
+            return
+        _, record = self._usage.setdefault(day, (expires, {}))
+        for counter, count in counts.items():
+            record[counter] = record.get(counter, 0) + count
+
+    async def load_usage(self, days: Sequence[str]) -> dict[str, UsageCounts]:
+        self._expire_usage()
+        return {day: dict(self._usage[day][1]) if day in self._usage else {} for day in days}
+
+    async def put_blob(self, key: str, value: bytes, ttl_s: float) -> None:
+        blobs = self._blobs
+        old = blobs.pop(key, None)
+        if old is not None:
+            self._blob_bytes -= len(old[1])
+        if ttl_s <= 0:
+            return
+        now = self._clock()
+        blobs[key] = (now + ttl_s, value)  # insertion order = age: the oldest is first
+        self._blob_bytes += len(value)
+        while blobs:
+            oldest = next(iter(blobs))
+            expires, data = blobs[oldest]
+            if expires > now and len(blobs) <= MAX_MEMORY_BLOBS and self._blob_bytes <= MAX_MEMORY_BLOB_BYTES:
+                break
+            del blobs[oldest]
+            self._blob_bytes -= len(data)
+
+    async def get_blob(self, key: str) -> bytes | None:
+        entry = self._blobs.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._blobs[key]
+            self._blob_bytes -= len(entry[1])
+            return None
+        return entry[1]
+
+    def _expire_usage(self) -> None:
+        now = self._wall_clock()
+        for day in [day for day, (expires, _) in self._usage.items() if expires <= now]:
+            del self._usage[day]
 
     def status(self) -> str:
         return "ok"

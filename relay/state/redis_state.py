@@ -11,6 +11,10 @@ hosts with skewed clocks still agree. Every key carries a TTL:
   ``qwen-relay:token:<fp>:cooling``    PX = the upstream's Retry-After
   ``qwen-relay:models:<sha256>``       the model list JSON; PX = --models-ttl
   ``qwen-relay:tr:<sha256>``           one cached translation (UTF-8); PX = --translation-cache-ttl
+  ``qwen-relay:usage:<YYYY-MM-DD>``    hash ``<kind>:<name>:<counter>`` → count (HINCRBY);
+                                       EXPIREAT the day's start + --usage-days
+  ``qwen-relay:blob:<key>``            ``put_blob``'s bytes (``response:<id>``: a stored
+                                       /v1/responses answer); PX = its TTL (--responses-ttl)
 
 (``{…}`` is a cluster hash tag: one key's two sets live on one shard, as the
 script needs.) A concurrency slot is a lease scored by its expiry; one task per
@@ -35,7 +39,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -45,6 +49,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .base import WINDOW_S, Admission, Lease, TokenFlags
+from .usage import UsageCounts, expires_at_s
 
 __all__ = ["RedisState"]
 
@@ -98,6 +103,17 @@ return 0
 
 def _key(name: str, kind: str) -> str:
     return f"{PREFIX}{{key:{name}}}:{kind}"
+
+
+def _usage_counts(record: dict[bytes, bytes]) -> UsageCounts:
+    """A day's hash as counts; a field not of the ``kind:name:counter`` form is skipped."""
+    counts: UsageCounts = {}
+    for field_name, value in record.items():
+        kind, _, rest = field_name.decode(errors="replace").partition(":")
+        name, _, counter = rest.rpartition(":")  # kind and counter never hold a colon; the name might
+        if kind and name and counter:
+            counts[(kind, name, counter)] = int(value)
+    return counts
 
 
 #: delete the lock only if it is still ours (it may have expired and been taken since).
@@ -216,6 +232,47 @@ class RedisState:
 
         if items:
             await self._call("store_translations", write, None)
+
+    # -- usage by day (relay/status) ----------------------------------------------------
+
+    async def add_usage(self, day: str, counts: Mapping[tuple[str, str, str], int], keep_days: int) -> None:
+        """HINCRBY each counter, then EXPIREAT: one pipelined round trip per day and batch."""
+        if not counts:
+            return
+        key, expires = f"{PREFIX}usage:{day}", expires_at_s(day, keep_days)
+
+        async def write() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for (kind, name, counter), count in counts.items():
+                pipe.hincrby(key, f"{kind}:{name}:{counter}", count)
+            pipe.expireat(key, expires)  # in the past: Redis deletes the day at once
+            await pipe.execute()
+
+        await self._call("add_usage", write, None)
+
+    async def load_usage(self, days: Sequence[str]) -> dict[str, UsageCounts]:
+        async def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for day in days:
+                pipe.hgetall(f"{PREFIX}usage:{day}")
+            return list(await pipe.execute())
+
+        found = await self._call("load_usage", read, None) if days else None
+        if found is None:
+            return {day: {} for day in days}
+        return {day: _usage_counts(record) for day, record in zip(days, found, strict=True)}
+
+    # -- blobs (stored /v1/responses answers, relay/surfaces/responses/store.py) ------------
+
+    async def put_blob(self, key: str, value: bytes, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            return
+        await self._call("put_blob", lambda: self._client.set(
+            f"{PREFIX}blob:{key}", value, px=max(1, int(ttl_s * 1000))), None)
+
+    async def get_blob(self, key: str) -> bytes | None:
+        value = await self._call("get_blob", lambda: self._client.get(f"{PREFIX}blob:{key}"), None)
+        return value if isinstance(value, bytes) else None
 
     def status(self) -> str:
         return "ok" if self._up else "down"
