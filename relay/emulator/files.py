@@ -47,14 +47,13 @@ from relay.emulator.handling import (
     EMULATOR_CONFIG,
     EMULATOR_RECORD,
     EMULATOR_STATE,
-    read_json,
     respond,
     v2_error,
     v2_token,
 )
 from relay.emulator.oss_auth import Signer, presign_v4_query
 from relay.emulator.resource_keys import mint_resource_key
-from relay.emulator.routes_chats import admit
+from relay.emulator.routes_chats import read_v2_body
 from relay.emulator.state import RequestRecord
 from relay.emulator.uploads import FILETYPES, REGION, TEST_ENDPOINT, FileBook, StsGrant, user_id_for
 
@@ -88,16 +87,8 @@ def quote_path(key: str) -> str:
 
 
 async def _body(request: web.Request, record: RequestRecord) -> dict[str, Any] | web.Response:
-    refused = admit(request, record)
-    if refused is not None:
-        return refused
-    try:
-        body = await read_json(request)
-    except ValueError:
-        return v2_error(record, 400, "Bad_Request", "request body is not valid JSON")
-    if not isinstance(body, dict):
-        return v2_error(record, 400, "Bad_Request", "request body must be a JSON object")
-    return body
+    """Admitted as every bx-signed write is (``routes_chats.read_v2_body``, write kind ``"file"``)."""
+    return await read_v2_body(request, record, "file")
 
 
 def _file_info(body: dict[str, Any], book: FileBook) -> tuple[str, int, str] | None:
