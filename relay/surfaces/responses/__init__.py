@@ -24,7 +24,7 @@ from ...openai_wire import parse_chat_request
 from ...operator.auth import Caller
 from ...pipeline.aggregate import Aggregate
 from ...pipeline.frames import StreamStats
-from ...tooling import ToolPlan, plan_tools
+from ...tooling import plan_tools
 from ..base import Turn
 from .objects import (
     LENGTH,
@@ -50,12 +50,9 @@ class Responses:
         return Turn(plan, client_model=context.echo["model"], context=context)
 
     async def prepare_turn(self, turn: Turn, app: web.Application, caller: Caller) -> None:
-        """Note the caller as the owner; put a previous response's conversation before this turn's.
-
-        Without a caller nothing can be stored or read: no one could be told apart.
-        """
+        """Note the caller as the owner; put a previous response's conversation before this turn's."""
         context: ResponsesContext = turn.context
-        context.owner = owner_of(caller) if caller is not None else None
+        context.owner = owner_of(caller)
         previous_id, unplanned = context.previous_response_id, context.unplanned
         if previous_id is not None and unplanned is not None:
             previous = None if context.owner is None else await store_of(app).load(previous_id, context.owner)
@@ -67,7 +64,7 @@ class Responses:
             instructions = [{"role": "system", "content": context.instructions}] if context.instructions else []
             messages = [*instructions, *items_to_messages(history, context.names, "previous_response"),
                         *items_to_messages(items, context.names)]
-            _adopt(turn, plan_tools(parse_chat_request({**unplanned, "messages": messages})))
+            turn.plan = plan_tools(parse_chat_request({**unplanned, "messages": messages}))
             context.items = [*history, *items]
         context.unplanned = None
         if not context.store or context.owner is None:
@@ -100,16 +97,6 @@ class Responses:
 
     def reasoning_in_content(self, app: web.Application) -> bool:
         return False  # thinking has reasoning items of its own here
-
-
-def _adopt(turn: Turn, plan: ToolPlan) -> None:
-    """Make ``plan`` the turn's, keeping the ``ChatRequest`` object the handler already holds."""
-    request = turn.plan.request
-    request.messages[:] = plan.request.messages
-    request.body.clear()
-    request.body.update(plan.request.body)
-    request.body["messages"] = request.messages
-    turn.plan = ToolPlan(request, plan.specs, plan.forced)
 
 
 async def _save(app: web.Application, context: ResponsesContext, response: dict[str, Any]) -> None:
