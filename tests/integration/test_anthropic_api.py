@@ -7,6 +7,8 @@ steered by a directive line in the user's text (``tests.conftest.directive``).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +18,9 @@ import anthropic
 import pytest
 from anthropic import AsyncAnthropic
 
+from relay.config import Images
+from relay.emulator import RunningEmulator
+from relay.emulator.png import solid_png
 from tests.conftest import TOKEN, RelayFactory, directive
 
 MODEL = "qwen3-max"
@@ -192,3 +197,19 @@ async def test_count_tokens_answers_the_relays_estimate(client: AsyncAnthropic) 
     large = await client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi " * 400}],
                                                tools=[BASH])  # type: ignore[list-item]
     assert 0 < small.input_tokens < large.input_tokens
+
+
+async def test_an_image_block_is_uploaded_and_arrives_intact(relay_factory: RelayFactory,
+                                                             emulator: RunningEmulator) -> None:
+    """Claude Code's ``image`` blocks take the chat path's upload (issue 20): the emulator's answer
+    names the SHA-256 of the bytes it received."""
+    relay = await relay_factory(dialect="qwen-v2", images=Images(oss_base_url=emulator.oss_url))
+    image = solid_png(23, 11, (10, 200, 10))
+    async with AsyncAnthropic(base_url=relay, api_key=TOKEN, max_retries=0, timeout=20) as sdk:
+        message = await sdk.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(image).decode()}},
+            {"type": "text", "text": ask(reply="I see it.")},
+        ]}])
+    text = message.content[0].text  # type: ignore[union-attr]
+    assert f"sha256={hashlib.sha256(image).hexdigest()}" in text and "I see it." in text

@@ -10,6 +10,8 @@ continuing a stored answer; the tools the relay cannot run refused by name;
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +20,9 @@ import aiohttp
 import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 
+from relay.config import Images
 from relay.emulator import RunningEmulator
+from relay.emulator.png import solid_png
 from relay.emulator.state import RequestRecord
 from relay.operator import OperatorConfig, Secret, hash_key
 from relay.operator.config import KeySpec
@@ -333,3 +337,19 @@ async def test_a_stored_response_expires_after_responses_ttl(relay_factory: Rela
             return False
 
         await poll(gone, "the stored response expired", timeout_s=15)
+
+
+async def test_an_input_image_is_uploaded_and_arrives_intact(relay_factory: RelayFactory,
+                                                             emulator: RunningEmulator) -> None:
+    """``input_image`` parts take the chat path's upload (issue 20): the emulator's answer names
+    the SHA-256 of the bytes it received."""
+    relay = await relay_factory(dialect="qwen-v2", images=Images(oss_base_url=emulator.oss_url))
+    image = solid_png(13, 7, (10, 10, 200))
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    async with AsyncOpenAI(base_url=relay + "/v1", api_key=TOKEN, max_retries=0, timeout=20) as sdk:
+        response = await sdk.responses.create(model="qwen3-max", store=False, input=[{
+            "type": "message", "role": "user", "content": [
+                {"type": "input_image", "image_url": url, "detail": "auto"},
+                {"type": "input_text", "text": "Describe.\n" + directive(reply="A blue square.")}]}])
+    assert f"sha256={hashlib.sha256(image).hexdigest()}" in response.output_text
+    assert "A blue square." in response.output_text
