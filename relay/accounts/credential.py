@@ -14,6 +14,7 @@ whole jar, its ``refresh_token`` included, and so can be refreshed.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import time
@@ -31,6 +32,7 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
 
 
+@functools.lru_cache(maxsize=1024)  # read on every pooled request (logins.due_in_s); tokens are few
 def token_expiry(token: str) -> float | None:
     """The ``exp`` (epoch seconds) of a JWT access token, or None when it cannot be read.
 

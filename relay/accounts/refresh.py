@@ -37,7 +37,11 @@ RefreshHeaders = Callable[[Credential], Sequence[tuple[str, str]]]
 
 
 class Refresher:
-    """``refresh(name, source, credential)`` → "ok", "rejected", "challenged" or "error"."""
+    """``refresh(name, source, credential)`` → "ok", "joined", "rejected", "challenged" or "error".
+
+    "joined": a concurrent call in this process refreshed it while this one
+    waited; the credential holds the fresh token, but no refresh was made here.
+    """
 
     def __init__(self, client: UpstreamClient, headers: RefreshHeaders, store: AccountStore) -> None:
         self._client = client
@@ -51,7 +55,7 @@ class Refresher:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if credential.token != seen:
-                return "ok"  # refreshed while this call waited for the lock
+                return "joined"  # refreshed while this call waited for the lock
             held = await self._store.acquire_lock(name, _LOCK_S)
             polls = 0
             while held is None and polls < _WAIT_POLLS:  # another relay is refreshing this login

@@ -19,6 +19,7 @@ SSE error event instead of an exception leaving the exchange.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -174,12 +175,19 @@ async def _with_refresh(operator: Operator, entry: PooledToken,
                         exchange: Callable[[Credential], Awaitable[T]]) -> T:
     """``exchange`` on ``entry``; an account answered ``Unauthorized`` is refreshed and tried once more.
 
+    An account already past its refresh margin is refreshed first: the schedule
+    that should have done it runs late in a busy process, and a token sent that
+    close to its expiry may be expired when Qwen Chat reads it.
     Safe: an error leaves ``exchange`` only before any byte reached the client.
     """
+    logins = operator.logins
+    if logins is not None:
+        due = logins.due_in_s(entry, time.time())
+        if due is not None and due <= 0:
+            await logins.refresh(entry, "due")
     try:
         return await exchange(entry.credential)
     except AuthenticationFailed:
-        logins = operator.logins
         if logins is None or not await logins.refresh(entry, "unauthorized"):
             raise
     return await exchange(entry.credential)

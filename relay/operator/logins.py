@@ -66,6 +66,8 @@ class Logins:
         if not entry.credential.can_refresh or entry.disabled is not None:
             return False
         outcome = await self._refresher.refresh(entry.name, _source(entry), entry.credential)
+        if outcome == "joined":  # another request of this process refreshed it just now: counted there
+            return True
         entry.refreshes[outcome] = entry.refreshes.get(outcome, 0) + 1
         pool, state = self._operator.pool, self._operator.state
         if outcome == "ok":
