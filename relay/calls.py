@@ -8,6 +8,7 @@ handler builds a header or knows a path.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from .accounts.credential import Credential
@@ -49,7 +50,7 @@ class Calls:
     def send_in_background(self, credential: Credential, *calls: tuple[UpstreamCall | None, str]) -> None:
         """Fire ``(call, event)`` pairs in order without waiting (a stop, then a delete); None calls skipped."""
         self.client.send_in_background([
-            BackgroundRequest(call.method, call.path, self._headers.for_call(call, credential), call.body, event,
+            BackgroundRequest(call.method, call.path, partial(self._headers.for_call, call, credential), call.body, event,
                               proxy=credential.proxy, on_cookies=credential.take_cookies)
             for call, event in calls if call is not None])
 

@@ -86,7 +86,9 @@ class BackgroundRequest:
 
     method: str
     path: str
-    headers: Headers
+    #: builds the headers when the call goes out, which may be a while after it was queued
+    #: (a credential refreshed meanwhile sends its new token).
+    headers: Callable[[], Headers]
     body: dict[str, Any] | None
     event: str
     proxy: str | None = None
@@ -180,7 +182,7 @@ class UpstreamClient:
                 for request in requests:
                     try:
                         async with asyncio.timeout(self._config.timeouts.upstream_s):
-                            await self.send_json(request.method, request.path, request.headers, request.body,
+                            await self.send_json(request.method, request.path, request.headers(), request.body,
                                                  proxy=request.proxy, on_cookies=request.on_cookies)
                         _log.info(request.event)
                     except (RelayError, TimeoutError) as exc:
