@@ -79,6 +79,19 @@ async def relay(relay_factory: RelayFactory) -> str:
     return await relay_factory()
 
 
+async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 10.0) -> None:
+    """SIGTERM a child still running, wait up to ``grace_s``, then SIGKILL it: never left behind."""
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        async with asyncio.timeout(grace_s):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 def directive(**fields: Any) -> str:
     """The message line that steers the emulator for one request."""
     return "#emulator " + json.dumps(fields)

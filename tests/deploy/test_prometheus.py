@@ -39,7 +39,7 @@ import pytest
 
 from relay.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from relay.operator import hash_key
-from tests.conftest import auth, chat_body, directive
+from tests.conftest import auth, chat_body, directive, stop_process
 from tests.integration.accounts_support import Relay, free_port, poll, start_relay
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -156,14 +156,7 @@ async def prometheus(where: Path, relay_port: int) -> AsyncIterator[Prometheus]:
             await poll(ready, "prometheus is ready", timeout_s=PROMETHEUS_WAIT_S)
         yield server
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(10):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process)
 
 
 def write_config(where: Path, account_cookie: str) -> str:

@@ -28,7 +28,7 @@ import pytest
 
 from relay.cli import parse_config
 from relay.config import Config
-from tests.conftest import MODEL, auth, directive, parse_sse
+from tests.conftest import MODEL, auth, directive, parse_sse, stop_process
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "qwen-relay.service"
 SHIPPED_EXEC = "/usr/local/bin/qwen-relay"
@@ -255,14 +255,7 @@ async def relay_without_wx_memory() -> AsyncIterator[str]:
             pytest.fail(f"relay under MDWE exited {process.returncode}: {(await process.stderr.read())!r}")
         yield url
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(10):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process)
 
 
 async def test_relay_serves_under_memory_deny_write_execute(relay_without_wx_memory: str) -> None:
